@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh Debian 12 machine (as root): `make lab` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+LAB ?= lab
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup image lab lab-destroy test lint unit molecule
+
+setup:
+	tools/setup-controller.sh
+
+image: setup
+	tools/build-image.sh
+
+# The whole stack on local Podman hosts, ending with a real request answered by a real worker.
+lab: image
+	ansible-playbook -i inventory/$(LAB) playbooks/lab/create.yml
+	ansible-playbook -i inventory/$(LAB) site.yml
+	ansible-playbook -i inventory/$(LAB) playbooks/lab/smoke.yml
+
+lab-destroy: setup
+	ansible-playbook -i inventory/$(LAB) playbooks/lab/destroy.yml
+
+# Every test: linters, the app's unit tests, every Molecule scenario.
+test: lint unit molecule
+
+lint: setup
+	yamllint --strict .
+	ansible-lint
+	ruff check files tests tools
+	ruff format --check files tests tools
+	python tools/role_docs.py --check
+	ansible-playbook --syntax-check -i inventory/example site.yml
+
+unit: setup
+	cd files/stackdemo && ../../$(BIN)/python -m pytest -q
+
+molecule: image
+	molecule test --all

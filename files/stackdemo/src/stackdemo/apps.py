@@ -1,0 +1,29 @@
+"""Celery app factories: the worker's, and the web's result-less producer."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from stackdemo.config import Config
+from stackdemo.settings import producer_settings, worker_settings
+
+
+def create_worker_app(config: Config) -> Celery:
+    app = Celery("stackdemo")
+    app.conf.update(worker_settings(config))
+    app.conf.imports = ("stackdemo.tasks",)
+    return app
+
+
+def create_producer_app(config: Config) -> Celery:
+    # No result backend on purpose: Celery's Redis backend would open a
+    # synchronous pub/sub subscription for every task sent (on_task_call).
+    app = Celery("stackdemo-web", set_as_current=False)
+    settings = producer_settings(config)
+    # A dead broker must fail a submit, not park an executor thread forever.
+    settings["broker_transport_options"].update(
+        socket_timeout=10, socket_connect_timeout=5
+    )
+    settings["broker_connection_timeout"] = 5
+    app.conf.update(settings)
+    return app

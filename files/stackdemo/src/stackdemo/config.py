@@ -1,0 +1,243 @@
+"""The one JSON file each process reads; its schema is a contract with the roles."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+ENV_VAR = "STACKDEMO_CONFIG"
+DEFAULT_PATH = "/etc/stackdemo/stackdemo.json"
+
+# kombu names the Redis list of priority N "<queue><sep><N>"; a printable
+# separator lets the roles grant those lists with ACL patterns like ~celery:*
+PRIORITY_SEP = ":"
+# No PRIORITY_SEP in queue names, or one queue's lists could be another's.
+_QUEUE_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+_TASK_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class ConfigError(ValueError):
+    """The configuration file is missing, unreadable or does not match the schema."""
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    allowed_tasks: tuple[str, ...] = ("stackdemo.tasks.add",)
+    max_wait_seconds: float = 30
+    max_body_bytes: int = 65536
+    max_eta_past_seconds: float = 60
+
+
+@dataclass(frozen=True)
+class Config:
+    broker_url: str
+    result_backend: str
+    visibility_timeout: int = 3600
+    result_expires: int = 86400
+    default_queue: str = "celery"
+    task_routes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    add_delay_seconds: float = 0
+    web: WebConfig = field(default_factory=WebConfig)
+
+    @property
+    def queues(self) -> frozenset[str]:
+        """Every queue a message may be routed to under this configuration."""
+        routed = {route["queue"] for route in self.task_routes.values()}
+        return frozenset({self.default_queue, *routed})
+
+
+_TOP_KEYS = (
+    "broker_url",
+    "result_backend",
+    "visibility_timeout",
+    "result_expires",
+    "default_queue",
+    "task_routes",
+    "add_delay_seconds",
+    "web",
+)
+_WEB_KEYS = (
+    "allowed_tasks",
+    "max_wait_seconds",
+    "max_body_bytes",
+    "max_eta_past_seconds",
+)
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read the file named by ``path``, else ``$STACKDEMO_CONFIG``, else the default."""
+    if path is None:
+        path = os.environ.get(ENV_VAR) or DEFAULT_PATH
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read configuration file {path} ({exc.strerror}); "
+            f"set {ENV_VAR} to the file to use"
+        ) from exc
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
+    return parse_config(data, source=path)
+
+
+def parse_config(data: Any, source: str = "configuration") -> Config:
+    try:
+        return _parse(data)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _parse(data: Any) -> Config:
+    _require_object(data, "the top level")
+    _reject_unknown(data, _TOP_KEYS, "the top level")
+    for key in ("broker_url", "result_backend"):
+        if key not in data:
+            raise ConfigError(f"missing required key {key!r}")
+    kwargs: dict[str, Any] = {
+        "broker_url": _redis_url(data["broker_url"], "broker_url"),
+        "result_backend": _redis_url(data["result_backend"], "result_backend"),
+    }
+    if "visibility_timeout" in data:
+        kwargs["visibility_timeout"] = _integer(
+            data["visibility_timeout"], "visibility_timeout", minimum=1
+        )
+    if "result_expires" in data:
+        kwargs["result_expires"] = _integer(
+            data["result_expires"], "result_expires", minimum=1
+        )
+    if "default_queue" in data:
+        kwargs["default_queue"] = _queue(data["default_queue"], "default_queue")
+    if "task_routes" in data:
+        kwargs["task_routes"] = _routes(data["task_routes"])
+    if "add_delay_seconds" in data:
+        kwargs["add_delay_seconds"] = _number(
+            data["add_delay_seconds"], "add_delay_seconds", minimum=0
+        )
+    if "web" in data:
+        kwargs["web"] = _web(data["web"])
+    return Config(**kwargs)
+
+
+def _web(data: Any) -> WebConfig:
+    _require_object(data, "web")
+    _reject_unknown(data, _WEB_KEYS, "web")
+    kwargs: dict[str, Any] = {}
+    if "allowed_tasks" in data:
+        tasks = data["allowed_tasks"]
+        if not isinstance(tasks, list):
+            raise ConfigError("web.allowed_tasks must be a list of task names")
+        for name in tasks:
+            _task_name(name, "web.allowed_tasks")
+        kwargs["allowed_tasks"] = tuple(tasks)
+    if "max_wait_seconds" in data:
+        kwargs["max_wait_seconds"] = _number(
+            data["max_wait_seconds"], "web.max_wait_seconds", minimum=0, exclusive=True
+        )
+    if "max_body_bytes" in data:
+        kwargs["max_body_bytes"] = _integer(
+            data["max_body_bytes"], "web.max_body_bytes", minimum=1
+        )
+    if "max_eta_past_seconds" in data:
+        kwargs["max_eta_past_seconds"] = _number(
+            data["max_eta_past_seconds"], "web.max_eta_past_seconds", minimum=0
+        )
+    return WebConfig(**kwargs)
+
+
+def _routes(data: Any) -> dict[str, dict[str, str]]:
+    _require_object(data, "task_routes")
+    routes = {}
+    for pattern, route in data.items():
+        where = f"task_routes[{pattern!r}]"
+        if not pattern:
+            raise ConfigError("task_routes keys must be non-empty task names")
+        _require_object(route, where)
+        _reject_unknown(route, ("queue",), where)
+        if "queue" not in route:
+            raise ConfigError(f"{where} needs a 'queue'")
+        routes[pattern] = {"queue": _queue(route["queue"], f"{where}.queue")}
+    return routes
+
+
+def _require_object(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {_kind(value)}")
+
+
+def _reject_unknown(
+    data: Mapping[str, Any], allowed: tuple[str, ...], where: str
+) -> None:
+    unknown = sorted(set(data) - set(allowed))
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+    raise ConfigError(
+        f"unknown key(s) in {where}: {', '.join(hints)}; "
+        f"allowed keys: {', '.join(allowed)}"
+    )
+
+
+def _redis_url(value: Any, key: str) -> str:
+    # Never echo the value: these URLs carry the Redis ACL password.
+    if not isinstance(value, str):
+        raise ConfigError(f"{key} must be a string, got {_kind(value)}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(f"{key} must be a redis:// or rediss:// URL with a host")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ConfigError(f"{key} must end in a numeric database, like /0")
+    return value
+
+
+def _queue(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _QUEUE_RE.fullmatch(value):
+        raise ConfigError(
+            f"{key} must be a queue name of letters, digits, '_', '.' or '-' "
+            f"(no {PRIORITY_SEP!r}), got {value!r}"
+        )
+    return value
+
+
+def _task_name(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _TASK_RE.fullmatch(value):
+        raise ConfigError(f"{key} entries must be dotted task names, got {value!r}")
+    return value
+
+
+def _number(value: Any, key: str, *, minimum: float, exclusive: bool = False) -> float:
+    # bool is an int subclass; a JSON true is never a meaningful number here.
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value)
+    if ok:
+        ok = value > minimum if exclusive else value >= minimum
+    if not ok:
+        bound = f"> {minimum}" if exclusive else f">= {minimum}"
+        raise ConfigError(f"{key} must be a number {bound}, got {value!r}")
+    return value
+
+
+def _integer(value: Any, key: str, *, minimum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _kind(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
+    return "null" if value is None else names.get(type(value), "a number")

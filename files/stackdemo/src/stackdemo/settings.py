@@ -1,0 +1,74 @@
+"""Celery settings derived from the configuration file."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stackdemo.config import PRIORITY_SEP, Config
+
+# Custom key in app.conf through which the worker's tasks read the file.
+ADD_DELAY_SETTING = "stackdemo_add_delay_seconds"
+
+
+def broker_transport_options(config: Config) -> dict[str, Any]:
+    return {
+        # Must exceed the longest countdown/ETA plus run time, or Redis hands
+        # the unacknowledged message to another worker.
+        "visibility_timeout": config.visibility_timeout,
+        # One Redis list per level so 0-9 are all distinct; kombu pops the
+        # lists in this order, so with Redis priority 0 is served first.
+        "priority_steps": list(range(10)),
+        "sep": PRIORITY_SEP,
+        "queue_order_strategy": "priority",
+    }
+
+
+def producer_settings(config: Config) -> dict[str, Any]:
+    """What any process that publishes tasks needs; no result backend."""
+    return {
+        "broker_url": config.broker_url,
+        "broker_transport_options": broker_transport_options(config),
+        "broker_connection_retry_on_startup": True,
+        # JSON only: a pickle message in the queue must never be loaded.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_default_queue": config.default_queue,
+        "task_routes": {
+            name: dict(route) for name, route in config.task_routes.items()
+        },
+    }
+
+
+def worker_settings(config: Config) -> dict[str, Any]:
+    settings = producer_settings(config)
+    settings.update(
+        {
+            "result_backend": config.result_backend,
+            "result_backend_transport_options": {
+                "visibility_timeout": config.visibility_timeout
+            },
+            "result_expires": config.result_expires,
+            # Ack after the run so a crashed worker's task is redelivered.
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            # With late acks a cancelled task is redelivered anyway; letting it
+            # run on after the broker connection is lost would run it twice.
+            "worker_cancel_long_running_tasks_on_connection_loss": True,
+            "worker_prefetch_multiplier": 1,
+            "task_track_started": True,
+            # The pidbox needs pub/sub channels and reply queues that the
+            # least-privilege Redis ACL does not grant.
+            "worker_enable_remote_control": False,
+            # One stderr handler for journald, which adds its own timestamps.
+            "worker_hijack_root_logger": True,
+            "worker_log_color": False,
+            "worker_log_format": "%(levelname)s/%(processName)s %(message)s",
+            "worker_task_log_format": (
+                "%(levelname)s/%(processName)s %(task_name)s[%(task_id)s]: %(message)s"
+            ),
+            ADD_DELAY_SETTING: config.add_delay_seconds,
+        }
+    )
+    return settings

@@ -1,0 +1,1 @@
+"""Tornado front: submits tasks and awaits their results without blocking."""

@@ -1,0 +1,3 @@
+from stackdemo.web.cli import main
+
+raise SystemExit(main())

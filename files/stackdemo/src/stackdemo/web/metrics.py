@@ -1,0 +1,100 @@
+"""Prometheus text exposition, small enough not to need prometheus_client."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from typing import Callable
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# Anything else a client sends becomes "other", so labels stay bounded.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class _Histogram:
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.buckets = [0] * size
+        self.count = 0
+        self.sum = 0.0
+
+
+class Metrics:
+    def __init__(self, buckets: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self._bounds = buckets
+        self._requests: Counter[tuple[str, str, str]] = Counter()
+        self._latency: dict[str, _Histogram] = {}
+        self.waits_in_flight = 0
+        self.submit_errors = 0
+        self._gauges: dict[str, tuple[str, Callable[[], float]]] = {}
+
+    def add_gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        self._gauges[name] = (help_text, read)
+
+    def observe_request(
+        self, handler: str, method: str, code: int, seconds: float
+    ) -> None:
+        method = method if method in _METHODS else "other"
+        self._requests[(handler, method, str(code))] += 1
+        hist = self._latency.get(handler)
+        if hist is None:
+            hist = self._latency[handler] = _Histogram(len(self._bounds))
+        index = bisect.bisect_left(self._bounds, seconds)
+        if index < len(self._bounds):
+            hist.buckets[index] += 1
+        hist.count += 1
+        hist.sum += seconds
+
+    def render(self) -> str:
+        out: list[str] = []
+        name = "stackdemo_http_requests_total"
+        _header(out, name, "counter", "HTTP requests answered.")
+        for (handler, method, code), value in sorted(self._requests.items()):
+            labels = _labels(handler=handler, method=method, code=code)
+            out.append(f"{name}{labels} {value}")
+
+        name = "stackdemo_http_request_duration_seconds"
+        _header(out, name, "histogram", "Time to answer HTTP requests.")
+        for handler, hist in sorted(self._latency.items()):
+            cumulative = 0
+            for bound, count in zip(self._bounds, hist.buckets):
+                cumulative += count
+                labels = _labels(handler=handler, le=_number(bound))
+                out.append(f"{name}_bucket{labels} {cumulative}")
+            labels = _labels(handler=handler, le="+Inf")
+            out.append(f"{name}_bucket{labels} {hist.count}")
+            labels = _labels(handler=handler)
+            out.append(f"{name}_sum{labels} {_number(hist.sum)}")
+            out.append(f"{name}_count{labels} {hist.count}")
+
+        name = "stackdemo_result_waits_in_flight"
+        _header(out, name, "gauge", "Requests now awaiting a task result.")
+        out.append(f"{name} {self.waits_in_flight}")
+
+        name = "stackdemo_task_submit_errors_total"
+        _header(out, name, "counter", "Tasks that could not be sent to the broker.")
+        out.append(f"{name} {self.submit_errors}")
+
+        for name, (help_text, read) in sorted(self._gauges.items()):
+            _header(out, name, "gauge", help_text)
+            out.append(f"{name} {_number(read())}")
+        return "\n".join(out) + "\n"
+
+
+def _header(out: list[str], name: str, kind: str, help_text: str) -> None:
+    out.append(f"# HELP {name} {help_text}")
+    out.append(f"# TYPE {name} {kind}")
+
+
+def _labels(**labels: str) -> str:
+    def escape(value: str) -> str:
+        return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    inner = ",".join(f'{key}="{escape(value)}"' for key, value in labels.items())
+    return "{" + inner + "}"
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if isinstance(value, float) else str(value)

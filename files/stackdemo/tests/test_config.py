@@ -1,0 +1,122 @@
+"""The configuration file contract with the Ansible roles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from stackdemo.config import (
+    DEFAULT_PATH,
+    ConfigError,
+    WebConfig,
+    load_config,
+    parse_config,
+)
+
+# The example from the role's documentation, as to_nice_json renders it.
+EXAMPLE = {
+    "broker_url": "redis://user:pass@10.0.0.5:6379/1",
+    "result_backend": "redis://user:pass@10.0.0.5:6379/0",
+    "visibility_timeout": 3600,
+    "result_expires": 86400,
+    "default_queue": "celery",
+    "task_routes": {"stackdemo.tasks.add": {"queue": "celery"}},
+    "add_delay_seconds": 0,
+    "web": {
+        "allowed_tasks": ["stackdemo.tasks.add"],
+        "max_wait_seconds": 30,
+        "max_body_bytes": 65536,
+        "max_eta_past_seconds": 60,
+    },
+}
+MINIMAL = {"broker_url": "redis://h/1", "result_backend": "rediss://h:6380/0"}
+
+
+def test_example_file_loads(tmp_path, monkeypatch):
+    path = tmp_path / "stackdemo.json"
+    path.write_text(json.dumps(EXAMPLE, indent=4, sort_keys=True))
+    monkeypatch.setenv("STACKDEMO_CONFIG", str(path))
+    config = load_config()
+    assert config.broker_url == EXAMPLE["broker_url"]
+    assert config.task_routes == {"stackdemo.tasks.add": {"queue": "celery"}}
+    assert config.web.allowed_tasks == ("stackdemo.tasks.add",)
+    assert config.queues == {"celery"}
+
+
+def test_missing_optional_keys_take_defaults():
+    config = parse_config(MINIMAL)
+    assert config.visibility_timeout == 3600
+    assert config.result_expires == 86400
+    assert config.default_queue == "celery"
+    assert config.task_routes == {}
+    assert config.add_delay_seconds == 0
+    assert config.web == WebConfig()
+    partial = parse_config({**MINIMAL, "web": {"max_wait_seconds": 5}})
+    assert partial.web.max_body_bytes == 65536
+
+
+def test_unknown_keys_are_named_with_a_hint():
+    with pytest.raises(ConfigError, match=r"'visibilty_timeout' \(did you mean"):
+        parse_config({**MINIMAL, "visibilty_timeout": 10})
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in web: 'extra'"):
+        parse_config({**MINIMAL, "web": {"extra": 1}})
+    with pytest.raises(ConfigError, match=r"task_routes\['a.b'\]: 'exchange'"):
+        routes = {"a.b": {"queue": "q", "exchange": "x"}}
+        parse_config({**MINIMAL, "task_routes": routes})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"broker_url": None}, "broker_url must be a string"),
+        ({"broker_url": "amqp://h//"}, "broker_url must be a redis://"),
+        ({"result_backend": "redis://h/db"}, "numeric database"),
+        ({"visibility_timeout": "3600"}, "visibility_timeout must be an integer"),
+        ({"visibility_timeout": True}, "visibility_timeout must be an integer"),
+        ({"result_expires": 0}, "result_expires must be an integer >= 1"),
+        ({"default_queue": "a:b"}, "default_queue must be a queue name"),
+        ({"default_queue": ""}, "default_queue must be a queue name"),
+        ({"task_routes": []}, "task_routes must be a JSON object"),
+        ({"task_routes": {"t": {}}}, "needs a 'queue'"),
+        ({"add_delay_seconds": -1}, "add_delay_seconds must be a number >= 0"),
+        ({"web": []}, "web must be a JSON object"),
+        ({"web": {"allowed_tasks": "add"}}, "allowed_tasks must be a list"),
+        ({"web": {"allowed_tasks": ["no spaces"]}}, "dotted task names"),
+        ({"web": {"max_wait_seconds": 0}}, "max_wait_seconds must be a number > 0"),
+        ({"web": {"max_body_bytes": 1.5}}, "max_body_bytes must be an integer"),
+    ],
+)
+def test_invalid_values_are_explained(change, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config({**MINIMAL, **change})
+
+
+def test_required_keys():
+    with pytest.raises(ConfigError, match="missing required key 'result_backend'"):
+        parse_config({"broker_url": "redis://h/1"})
+    with pytest.raises(ConfigError, match="top level must be a JSON object"):
+        parse_config([])
+
+
+def test_passwords_are_not_echoed():
+    with pytest.raises(ConfigError) as info:
+        parse_config({**MINIMAL, "broker_url": "http://user:hunter2@h/1"})
+    assert "hunter2" not in str(info.value)
+
+
+def test_file_errors_name_the_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("STACKDEMO_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="STACKDEMO_CONFIG") as info:
+        load_config(tmp_path / "missing.json")
+    assert "missing.json" in str(info.value)
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match=r"bad\.json: not valid JSON"):
+        load_config(bad)
+
+
+def test_default_path_when_env_unset(monkeypatch):
+    monkeypatch.delenv("STACKDEMO_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match=DEFAULT_PATH):
+        load_config()

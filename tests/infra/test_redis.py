@@ -1,0 +1,105 @@
+"""Redis as a broker: configuration read back from the live server, ACL users, unit hardening."""
+
+import pytest
+from stackcheck import redis_cli, redis_endpoint
+
+# What a container cannot fix: the kernel is its host's (proven on a VM by molecule/kernel).
+KERNEL_WARNINGS = ("overcommit", "transparent huge pages", "somaxconn", "tcp_max_syn_backlog")
+
+
+def config_get(redis_host, worker_config, admin, name):
+    result = redis_cli(
+        redis_host, worker_config["broker_url"], "CONFIG", "GET", name, user=admin[0], password=admin[1]
+    )
+    lines = result.stdout.splitlines()
+    assert lines[0] == name, result.stdout + result.stderr
+    return lines[1] if len(lines) > 1 else ""
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("appendonly", "yes"),
+        ("appendfsync", "everysec"),
+        ("maxmemory-policy", "noeviction"),
+        ("protected-mode", "yes"),
+        ("save", ""),
+        ("tcp-backlog", "511"),
+        ("maxclients", "10000"),
+        ("databases", "16"),
+    ],
+)
+def test_broker_grade_settings_are_live(redis_host, worker_config, admin, name, expected):
+    assert config_get(redis_host, worker_config, admin, name) == expected
+
+
+def test_maxmemory_is_set(redis_host, worker_config, admin):
+    assert int(config_get(redis_host, worker_config, admin, "maxmemory")) >= 64 * 1024 * 1024
+
+
+def test_bind_is_loopback_and_the_service_address(redis_host, worker_config, admin):
+    address = redis_endpoint(worker_config["broker_url"])[0]
+    assert set(config_get(redis_host, worker_config, admin, "bind").split()) == {"127.0.0.1", address}
+
+
+def test_acl_users_are_least_privilege(redis_host, worker_config, admin):
+    listed = redis_cli(
+        redis_host, worker_config["broker_url"], "ACL", "LIST", user=admin[0], password=admin[1]
+    )
+    users = {line.split()[1]: line for line in listed.stdout.splitlines()}
+    assert set(users) == {"default", "stack-admin", "celery-worker", "celery-web"}
+    assert " off " in users["default"]
+    for name in ("celery-worker", "celery-web"):
+        assert "+@all" not in users[name]
+        assert "~*" not in users[name].split()
+        assert "#" in users[name]  # a password hash, never a plaintext password
+
+
+def test_web_user_is_refused_on_worker_only_keys(web_hosts, web_config):
+    for command in (("HGETALL", "unacked"), ("FLUSHDB",), ("CONFIG", "GET", "*"), ("KEYS", "*")):
+        result = redis_cli(web_hosts[0], web_config["broker_url"], *command)
+        assert "NOPERM" in result.stdout + result.stderr, command
+
+
+def test_worker_user_cannot_administer(worker_hosts, worker_config):
+    for command in (("FLUSHALL",), ("CONFIG", "SET", "appendonly", "no"), ("ACL", "LIST"), ("SHUTDOWN",)):
+        result = redis_cli(worker_hosts[0], worker_config["broker_url"], *command)
+        assert "NOPERM" in result.stdout + result.stderr, command
+
+
+def test_wrong_password_is_refused(worker_hosts, worker_config):
+    result = redis_cli(
+        worker_hosts[0], worker_config["broker_url"], "PING", user="celery-worker", password="x" * 32
+    )
+    assert "WRONGPASS" in result.stdout + result.stderr
+
+
+def test_append_only_file_is_on_disk(redis_host):
+    assert redis_host.file("/var/lib/redis/appendonlydir").is_directory
+
+
+def test_log_has_no_startup_warnings_but_kernel_ones(redis_host):
+    log = redis_host.check_output(
+        "journalctl -u redis-server -b --no-pager -o cat;"
+        " cat /var/log/redis/redis-server.log 2>/dev/null || true"
+    )
+    warnings = [line for line in log.splitlines() if "# WARNING" in line or "# Warning" in line]
+    unexpected = [w for w in warnings if not any(k in w for k in KERNEL_WARNINGS)]
+    assert not unexpected
+
+
+@pytest.mark.parametrize(
+    ("prop", "expected"),
+    [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("PrivateTmp", "yes"),
+        ("ProtectHome", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("LimitNOFILE", "10032"),
+        ("OOMScoreAdjust", "-900"),
+        ("User", "redis"),
+    ],
+)
+def test_unit_is_hardened(redis_host, prop, expected):
+    assert redis_host.check_output(f"systemctl show -p {prop} --value redis-server") == expected

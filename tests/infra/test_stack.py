@@ -1,0 +1,85 @@
+"""The whole request path on real hosts: Redis, Celery workers, the Tornado front."""
+
+import pytest
+from stackcheck import http_get, redis_cli, redis_endpoint
+
+
+def test_redis_is_enabled_and_running(redis_host):
+    service = redis_host.service("redis-server")
+    assert service.is_enabled
+    assert service.is_running
+
+
+def test_redis_listens_on_the_service_address_only(redis_host, worker_config):
+    address, port, *_ = redis_endpoint(worker_config["broker_url"])
+    assert redis_host.socket(f"tcp://{address}:{port}").is_listening
+    assert redis_host.socket(f"tcp://127.0.0.1:{port}").is_listening
+    assert not redis_host.socket(f"tcp://0.0.0.0:{port}").is_listening
+
+
+def test_redis_refuses_an_unauthenticated_client(worker_hosts, worker_config):
+    # From a client host, no credentials: the default user is disabled.
+    result = redis_cli(worker_hosts[0], worker_config["broker_url"], "PING", user="")
+    assert "PONG" not in result.stdout
+    assert "NOAUTH" in result.stdout + result.stderr
+
+
+def test_redis_accepts_the_worker_user(worker_hosts, worker_config):
+    result = redis_cli(worker_hosts[0], worker_config["broker_url"], "PING")
+    assert result.stdout.strip() == "PONG"
+
+
+def test_broker_and_backend_use_the_seeds_databases(worker_config):
+    assert redis_endpoint(worker_config["broker_url"])[4] == 1
+    assert redis_endpoint(worker_config["result_backend"])[4] == 0
+
+
+def test_worker_pools_are_enabled_and_running(worker_hosts):
+    for host in worker_hosts:
+        service = host.service("celery-worker@default")
+        assert service.is_enabled
+        assert service.is_running
+
+
+def test_workers_run_as_their_own_unprivileged_user(worker_hosts):
+    for host in worker_hosts:
+        processes = host.process.filter(comm="celery")
+        assert processes, "no celery process found"
+        assert {p.user for p in processes} == {"celery-worker"}
+        # Root in a container may not read another user's /proc/PID/environ: check the sources.
+        unit_environment = host.check_output("systemctl show -p Environment celery-worker@default")
+        assert "C_FORCE_ROOT" not in unit_environment
+        found = host.run("grep -rl C_FORCE_ROOT /etc/stackdemo /etc/systemd/system")
+        assert found.rc == 1, found.stdout
+
+
+def test_web_processes_are_enabled_and_listening(web_hosts, web_config):
+    for host in web_hosts:
+        service = host.service("stackdemo-web@10001")
+        assert service.is_enabled
+        assert service.is_running
+        listening = [str(s) for s in host.socket.get_listening_sockets() if s.endswith(":10001")]
+        assert listening and all("0.0.0.0" not in s for s in listening)
+        assert {p.user for p in host.process.filter(comm="stackdemo-web")} <= {"stackdemo-web"}
+
+
+def _web_url(host, path):
+    address = host.check_output("awk -F= '/^STACKDEMO_WEB_ADDRESS=/{print $2}' /etc/stackdemo/web.env")
+    return f"http://{address}:10001{path}"
+
+
+@pytest.mark.parametrize(("x", "y", "total"), [(2, 3, 5), (10, 2, 12), (1.5, 2, 3.5)])
+def test_a_request_is_answered_by_a_worker(web_hosts, x, y, total):
+    host = web_hosts[0]
+    status, body = http_get(host, _web_url(host, f"/add?x={x}&y={y}"))
+    assert status == 200
+    assert body["result"] == total
+    assert body["task_id"]
+
+
+@pytest.mark.parametrize("query", ["?x=2", "?x=two&y=3", ""])
+def test_bad_input_is_a_400_with_a_json_error(web_hosts, query):
+    host = web_hosts[0]
+    status, body = http_get(host, _web_url(host, f"/add{query}"))
+    assert status == 400
+    assert body["error"]

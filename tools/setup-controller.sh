@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the controller needs on a fresh Debian 12 machine (run as root).
+# Safe to re-run: every step checks before it acts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+apt_packages=(podman runc debootstrap redis-server python3-venv make curl
+              qemu-system-x86 qemu-utils e2fsprogs openssh-client)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# crun fails on this hybrid cgroup host; podman's default nofile ulimit exceeds the hard limit.
+conf=/etc/containers/containers.conf
+if ! grep -qs 'runtime = "runc"' "$conf"; then
+  mkdir -p /etc/containers
+  cat > "$conf" <<'CONF'
+# Written by tools/setup-controller.sh
+[containers]
+default_ulimits = ["nofile=1024:20000", "nproc=4096:4096"]
+
+[engine]
+runtime = "runc"
+CONF
+fi
+
+if [ ! -x .venv/bin/ansible-playbook ] || [ requirements.txt -nt .venv/.installed ]; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements.txt
+  .venv/bin/pip install -q -e files/stackdemo
+  touch .venv/.installed
+fi
