@@ -29,10 +29,13 @@ runtime = "runc"
 CONF
 fi
 
-if [ ! -x .venv/bin/ansible-playbook ] || [ requirements.txt -nt .venv/.installed ]; then
-  python3 -m venv .venv
+# Re-install only when the requirements or the app's metadata changed (content, not mtime:
+# a fresh clone has new mtimes everywhere).
+wanted=$(cat requirements.txt files/stackdemo/pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat .venv/.installed 2>/dev/null)" != "$wanted" ]; then
+  [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r requirements.txt
   .venv/bin/pip install -q -e files/stackdemo
-  touch .venv/.installed
+  echo "$wanted" > .venv/.installed
 fi
