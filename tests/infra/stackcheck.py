@@ -29,16 +29,30 @@ def redis_cli(host, url, *command, user=None, password=None, db=None):
     return host.run(env + shlex.join(args + [str(c) for c in command]))
 
 
-def http_get(host, url, timeout=60):
-    """GET `url` from `host` with its own Python; returns (status, parsed JSON body)."""
+def http_request(host, url, body=None, timeout=60):
+    """GET (or POST `body` as JSON) `url` from `host` with its own Python: (status, JSON body)."""
     script = (
         "import json, sys, urllib.request, urllib.error\n"
+        "data = sys.argv[2].encode() if len(sys.argv) > 2 else None\n"
+        "request = urllib.request.Request(sys.argv[1], data=data,"
+        " headers={'Content-Type': 'application/json'})\n"
         "try:\n"
-        f"    r = urllib.request.urlopen(sys.argv[1], timeout={timeout})\n"
+        f"    r = urllib.request.urlopen(request, timeout={timeout})\n"
         "    print(json.dumps([r.status, r.read().decode()]))\n"
         "except urllib.error.HTTPError as e:\n"
         "    print(json.dumps([e.code, e.read().decode()]))\n"
     )
-    result = host.check_output(f"python3 -c {shlex.quote(script)} {shlex.quote(url)}")
-    status, body = json.loads(result)
-    return status, json.loads(body) if body else None
+    args = [url] if body is None else [url, json.dumps(body)]
+    result = host.check_output(f"python3 -c {shlex.quote(script)} {shlex.join(args)}")
+    status, text = json.loads(result)
+    return status, json.loads(text) if text else None
+
+
+def http_get(host, url, timeout=60):
+    return http_request(host, url, timeout=timeout)
+
+
+def web_url(host, path, port=10001):
+    """URL of the web front on `host`, at the address its unit listens on."""
+    address = host.check_output("awk -F= '/^STACKDEMO_WEB_ADDRESS=/{print $2}' /etc/stackdemo/web.env")
+    return f"http://{address}:{port}{path}"

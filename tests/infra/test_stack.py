@@ -1,7 +1,7 @@
 """The whole request path on real hosts: Redis, Celery workers, the Tornado front."""
 
 import pytest
-from stackcheck import http_get, redis_cli, redis_endpoint
+from stackcheck import http_get, redis_cli, redis_endpoint, web_url
 
 
 def test_redis_is_enabled_and_running(redis_host):
@@ -36,9 +36,10 @@ def test_broker_and_backend_use_the_seeds_databases(worker_config):
 
 def test_worker_pools_are_enabled_and_running(worker_hosts):
     for host in worker_hosts:
-        service = host.service("celery-worker@default")
-        assert service.is_enabled
-        assert service.is_running
+        for pool in ("default", "urgent"):
+            service = host.service(f"celery-worker@{pool}")
+            assert service.is_enabled
+            assert service.is_running
 
 
 def test_workers_run_as_their_own_unprivileged_user(worker_hosts):
@@ -63,15 +64,10 @@ def test_web_processes_are_enabled_and_listening(web_hosts, web_config):
         assert {p.user for p in host.process.filter(comm="stackdemo-web")} <= {"stackdemo-web"}
 
 
-def _web_url(host, path):
-    address = host.check_output("awk -F= '/^STACKDEMO_WEB_ADDRESS=/{print $2}' /etc/stackdemo/web.env")
-    return f"http://{address}:10001{path}"
-
-
 @pytest.mark.parametrize(("x", "y", "total"), [(2, 3, 5), (10, 2, 12), (1.5, 2, 3.5)])
 def test_a_request_is_answered_by_a_worker(web_hosts, x, y, total):
     host = web_hosts[0]
-    status, body = http_get(host, _web_url(host, f"/add?x={x}&y={y}"))
+    status, body = http_get(host, web_url(host, f"/add?x={x}&y={y}"))
     assert status == 200
     assert body["result"] == total
     assert body["task_id"]
@@ -80,6 +76,6 @@ def test_a_request_is_answered_by_a_worker(web_hosts, x, y, total):
 @pytest.mark.parametrize("query", ["?x=2", "?x=two&y=3", ""])
 def test_bad_input_is_a_400_with_a_json_error(web_hosts, query):
     host = web_hosts[0]
-    status, body = http_get(host, _web_url(host, f"/add{query}"))
+    status, body = http_get(host, web_url(host, f"/add{query}"))
     assert status == 400
     assert body["error"]
