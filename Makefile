@@ -37,5 +37,6 @@ lint: setup
 unit: setup
 	cd files/stackdemo && ../../$(BIN)/python -m pytest -q
 
+# One scenario with `make molecule SCENARIO=cluster`.
 molecule: image
-	molecule test --all
+	molecule test $(if $(SCENARIO),--scenario-name $(SCENARIO),--all)
