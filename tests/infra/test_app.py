@@ -116,3 +116,17 @@ def test_health_and_metrics(web_hosts):
         + shlex.quote(web_url(host, "/metrics"))
     )
     assert "# TYPE" in metrics
+
+
+def test_beat_runs_on_exactly_one_host_and_sends_its_schedule(worker_hosts):
+    beat_hosts = [h for h in worker_hosts if h.service("celery-beat").is_running]
+    assert len(beat_hosts) == 1
+    host = beat_hosts[0]
+    assert host.service("celery-beat").is_enabled
+    assert {p.user for p in host.process.filter(comm="celery")} == {"celery-worker"}
+    # The lab schedule sends every 10 s: a bounded wait for the first send, not a timing check.
+    sent = host.run(
+        "for i in $(seq 60); do journalctl -u celery-beat --no-pager -o cat"
+        " | grep -q 'Sending due task lab-heartbeat' && exit 0; sleep 1; done; exit 1"
+    )
+    assert sent.rc == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from stackdemo.config import Config
-from stackdemo.settings import producer_settings, worker_settings
+from stackdemo.settings import beat_settings, producer_settings, worker_settings
 
 
 def create_worker_app(config: Config) -> Celery:
@@ -26,4 +26,13 @@ def create_producer_app(config: Config) -> Celery:
     )
     settings["broker_connection_timeout"] = 5
     app.conf.update(settings)
+    return app
+
+
+def create_beat_app(config: Config) -> Celery:
+    # Beat only publishes; like the web it must not subscribe to results, which the
+    # worker's Redis ACL user is not granted.
+    app = Celery("stackdemo-beat", set_as_current=False)
+    app.conf.update(producer_settings(config))
+    app.conf.update(beat_settings(config))
     return app

@@ -36,6 +36,16 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class BeatEntry:
+    """One periodic task sent by celery beat."""
+
+    task: str
+    every_seconds: float
+    args: tuple[Any, ...] = ()
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Config:
     broker_url: str
     result_backend: str
@@ -44,6 +54,7 @@ class Config:
     default_queue: str = "celery"
     task_routes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     add_delay_seconds: float = 0
+    beat_schedule: Mapping[str, BeatEntry] = field(default_factory=dict)
     web: WebConfig = field(default_factory=WebConfig)
 
     @property
@@ -61,6 +72,7 @@ _TOP_KEYS = (
     "default_queue",
     "task_routes",
     "add_delay_seconds",
+    "beat_schedule",
     "web",
 )
 _WEB_KEYS = (
@@ -124,9 +136,40 @@ def _parse(data: Any) -> Config:
         kwargs["add_delay_seconds"] = _number(
             data["add_delay_seconds"], "add_delay_seconds", minimum=0
         )
+    if "beat_schedule" in data:
+        kwargs["beat_schedule"] = _beat_schedule(data["beat_schedule"])
     if "web" in data:
         kwargs["web"] = _web(data["web"])
     return Config(**kwargs)
+
+
+def _beat_schedule(data: Any) -> dict[str, BeatEntry]:
+    _require_object(data, "beat_schedule")
+    schedule = {}
+    for name, entry in data.items():
+        where = f"beat_schedule[{name!r}]"
+        _require_object(entry, where)
+        _reject_unknown(entry, ("task", "every_seconds", "args", "kwargs"), where)
+        for key in ("task", "every_seconds"):
+            if key not in entry:
+                raise ConfigError(f"{where} needs {key!r}")
+        args = entry.get("args", [])
+        if not isinstance(args, list):
+            raise ConfigError(f"{where}.args must be a list, got {_kind(args)}")
+        kwargs = entry.get("kwargs", {})
+        _require_object(kwargs, f"{where}.kwargs")
+        schedule[name] = BeatEntry(
+            task=_task_name(entry["task"], f"{where}.task"),
+            every_seconds=_number(
+                entry["every_seconds"],
+                f"{where}.every_seconds",
+                minimum=0,
+                exclusive=True,
+            ),
+            args=tuple(args),
+            kwargs=dict(kwargs),
+        )
+    return schedule
 
 
 def _web(data: Any) -> WebConfig:

@@ -72,3 +72,18 @@ def worker_settings(config: Config) -> dict[str, Any]:
         }
     )
     return settings
+
+
+def beat_settings(config: Config) -> dict[str, Any]:
+    """Periodic tasks for celery beat, which only publishes (no result backend)."""
+    return {
+        "beat_schedule": {
+            name: {
+                "task": entry.task,
+                "schedule": float(entry.every_seconds),
+                "args": list(entry.args),
+                "kwargs": dict(entry.kwargs),
+            }
+            for name, entry in config.beat_schedule.items()
+        }
+    }
