@@ -34,8 +34,10 @@ lint: setup
 	python tools/role_docs.py --check
 	ansible-playbook --syntax-check -i inventory/example site.yml
 
+# The app against a real redis-server and workers; every role's input validation.
 unit: setup
 	cd files/stackdemo && ../../$(BIN)/python -m pytest -q
+	python -m pytest -q tests/validation
 
 # One scenario with `make molecule SCENARIO=cluster`.
 molecule: image

@@ -1,0 +1,74 @@
+"""Bad input fails early, names the variable, and changes nothing (run in check mode as well)."""
+
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+
+HERE = pathlib.Path(__file__).parent
+ROOT = HERE.parent.parent
+
+CASES = [
+    ("redis", {"redis_port": 70000}, "redis_port"),
+    ("redis", {"redis_port": 0}, "redis_port"),
+    ("redis", {"redis_maxmemory_policy": "allkeys-oops"}, "redis_maxmemory_policy"),
+    ("redis", {"redis_bind_addresses": ["redis.example.net"]}, "redis_bind_addresses"),
+    ("redis", {"redis_bind_addresses": ["0.0.0.0"]}, "redis_bind_addresses"),
+    ("redis", {"redis_acl_web_password": "short"}, "redis_acl_web_password"),
+    ("redis", {"redis_flavor": "keydb"}, "redis_flavor"),
+    ("redis", {"redis_supervision": "upstart"}, "redis_supervision"),
+    ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),
+    (
+        "firewall",
+        {"firewall_rules": [{"name": "redis", "port": 6379, "sources": ["0.0.0.0/0"]}]},
+        "firewall_rules",
+    ),
+    ("firewall", {"firewall_rules": [{"name": "r", "port": 99999, "sources": ["10.0.0.1"]}]}, "port"),
+    ("firewall", {"firewall_backend": "pf"}, "firewall_backend"),
+    ("redis_host_tuning", {"redis_host_tuning_extra_sysctls": {"vm.drop_caches": 3}}, "vm.drop_caches"),
+    (
+        "redis_host_tuning",
+        {"redis_host_tuning_extra_sysctls": {"net.ipv4.tcp_tw_recycle": 1}},
+        "net.ipv4.tcp_tw_recycle",
+    ),
+    ("redis_host_tuning", {"redis_host_tuning_somaxconn": 128}, "redis_host_tuning_somaxconn"),
+    ("redis_host_tuning", {"redis_host_tuning_transparent_hugepage": "sometimes"}, "transparent_hugepage"),
+    (
+        "celery_worker",
+        {"celery_worker_pools": [{"name": "p", "queues": ["celery"], "pool": "gevent"}]},
+        "pool",
+    ),
+    ("celery_worker", {"celery_worker_loglevel": "LOUD"}, "celery_worker_loglevel"),
+    ("tornado_web", {"tornado_web_ports": ["http"]}, "tornado_web_ports"),
+]
+
+
+@pytest.mark.parametrize(("role", "variables", "named"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+def test_bad_input_fails_before_any_change(role, variables, named):
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+    }
+    extra = json.dumps({"role_under_test": role, **variables})
+    result = subprocess.run(
+        [
+            "ansible-playbook",
+            "--check",
+            "-i",
+            str(HERE / "inventory.yml"),
+            str(HERE / "roles.yml"),
+            "-e",
+            extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert named in output
+    assert "changed=0" in output
