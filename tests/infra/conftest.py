@@ -79,3 +79,10 @@ def admin(secrets_dir):
     """(user, password) of the Redis admin ACL user."""
     with open(os.path.join(secrets_dir, "redis-admin")) as secret:
         return "stack-admin", secret.read().strip()
+
+
+@pytest.fixture(scope="session")
+def redis_unit(redis_host):
+    """The server's unit: redis-server on Debian, redis on the RedHat family."""
+    debian = redis_host.run("systemctl cat redis-server.service").rc == 0
+    return "redis-server" if debian else "redis"

@@ -78,10 +78,10 @@ def test_append_only_file_is_on_disk(redis_host):
     assert redis_host.file("/var/lib/redis/appendonlydir").is_directory
 
 
-def test_log_has_no_startup_warnings_but_kernel_ones(redis_host):
+def test_log_has_no_startup_warnings_but_kernel_ones(redis_host, redis_unit):
     log = redis_host.check_output(
-        "journalctl -u redis-server -b --no-pager -o cat;"
-        " cat /var/log/redis/redis-server.log 2>/dev/null || true"
+        f"journalctl -u {redis_unit} -b --no-pager -o cat;"
+        f" cat /var/log/redis/{redis_unit}.log 2>/dev/null || true"
     )
     warnings = [line for line in log.splitlines() if "# WARNING" in line or "# Warning" in line]
     unexpected = [w for w in warnings if not any(k in w for k in KERNEL_WARNINGS)]
@@ -101,5 +101,5 @@ def test_log_has_no_startup_warnings_but_kernel_ones(redis_host):
         ("User", "redis"),
     ],
 )
-def test_unit_is_hardened(redis_host, prop, expected):
-    assert redis_host.check_output(f"systemctl show -p {prop} --value redis-server") == expected
+def test_unit_is_hardened(redis_host, redis_unit, prop, expected):
+    assert redis_host.check_output(f"systemctl show -p {prop} --value {redis_unit}") == expected

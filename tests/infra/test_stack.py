@@ -4,8 +4,8 @@ import pytest
 from stackcheck import http_get, redis_cli, redis_endpoint, web_url
 
 
-def test_redis_is_enabled_and_running(redis_host):
-    service = redis_host.service("redis-server")
+def test_redis_is_enabled_and_running(redis_host, redis_unit):
+    service = redis_host.service(redis_unit)
     assert service.is_enabled
     assert service.is_running
 
