@@ -29,15 +29,15 @@ test: lint unit molecule
 lint: setup
 	yamllint --strict .
 	ansible-lint
-	ruff check files tests tools
-	ruff format --check files tests tools
+	ruff check files roles tests tools
+	ruff format --check files roles tests tools
 	python tools/role_docs.py --check
 	ansible-playbook --syntax-check -i inventory/example site.yml
 
 # The app against a real redis-server and workers; every role's input validation.
 unit: setup
 	cd files/stackdemo && ../../$(BIN)/python -m pytest -q
-	python -m pytest -q tests/validation
+	python -m pytest -q tests/unit tests/validation
 
 # Every scenario this machine can run; one with `make molecule SCENARIO=cluster`.
 # rocky9 needs a registry to pull its image from: `make molecule SCENARIO=rocky9` where one is.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the lab/Molecule host image once: a debootstrap Debian 12 with systemd as PID 1 and
-# the controller's CA bundle (HTTPS leaves through an intercepting proxy). The tag carries a
+# Builds the lab/Molecule host image once: a debootstrap Debian 12 with systemd as PID 1, an SSH
+# server (Ansible pipelines over SSH; the Podman connection cannot) and the controller's CA
+# bundle (HTTPS leaves through an intercepting proxy). The tag carries a
 # hash of this script, so an edit here rebuilds and an unchanged script re-uses the image.
 set -euo pipefail
 name=${LAB_IMAGE_NAME:-localhost/stacklab-debian12}
@@ -15,7 +16,7 @@ fi
 rootfs=$(mktemp -d /var/tmp/stacklab-rootfs.XXXXXX)
 trap 'rm -rf "$rootfs"' EXIT
 debootstrap --variant=minbase \
-  --include=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,sudo,ca-certificates,procps \
+  --include=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,sudo,ca-certificates,procps,openssh-server \
   bookworm "$rootfs" "$mirror" >/dev/null
 cat > "$rootfs/etc/apt/sources.list" <<SOURCES
 deb $mirror bookworm main
@@ -24,6 +25,26 @@ deb ${mirror%/debian}/debian-security bookworm-security main
 SOURCES
 # The root filesystem of a container is already mounted as it should be.
 ln -sf /dev/null "$rootfs/etc/systemd/system/systemd-remount-fs.service"
+# Root logs in with the lab's key only (mounted at /root/.ssh/authorized_keys when a host is
+# created). Host keys are made per container at first start, never shared through the image.
+rm -f "$rootfs"/etc/ssh/ssh_host_*
+mkdir -p "$rootfs/etc/systemd/system/ssh.service.d" "$rootfs/root/.ssh"
+chmod 0700 "$rootfs/root/.ssh"
+cat > "$rootfs/etc/systemd/system/ssh.service.d/lab.conf" <<'UNIT'
+[Service]
+ExecStartPre=
+ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/usr/sbin/sshd -t
+UNIT
+cat > "$rootfs/etc/ssh/sshd_config.d/lab.conf" <<'SSHD'
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UseDNS no
+# Ansible's ControlPersist and the tests open many sessions on one connection.
+MaxSessions 64
+MaxStartups 64:30:128
+SSHD
 cp /etc/ssl/certs/ca-certificates.crt "$rootfs/usr/local/share/ca-certificates/controller-bundle.crt"
 chroot "$rootfs" update-ca-certificates >/dev/null 2>&1
 chroot "$rootfs" apt-get clean

@@ -52,7 +52,14 @@ def http_get(host, url, timeout=60):
     return http_request(host, url, timeout=timeout)
 
 
-def web_url(host, path, port=10001):
-    """URL of the web front on `host`, at the address its unit listens on."""
-    address = host.check_output("awk -F= '/^STACKDEMO_WEB_ADDRESS=/{print $2}' /etc/stackdemo/web.env")
-    return f"http://{address}:{port}{path}"
+def web_fact(host):
+    """What the tornado_web role deployed on `host`: address, ports, units, user."""
+    return json.loads(host.file("/etc/ansible/facts.d/stack_web.fact").content_string)
+
+
+def web_url(host, path, port=None):
+    """URL of the web front on `host` (its first port unless given), at the address it listens on."""
+    fact = web_fact(host)
+    address = fact["address"]
+    address = f"[{address}]" if ":" in address else address
+    return f"http://{address}:{port or fact['ports'][0]}{path}"

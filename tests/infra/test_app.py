@@ -40,7 +40,15 @@ def test_an_expired_task_is_revoked_not_run(web_hosts):
     assert wait_for(host, task_id)["state"] == "REVOKED"
 
 
-def test_routed_task_runs_on_its_own_pool(web_hosts, worker_hosts):
+def _pool_of_queue(inventory, queue):
+    pools = inventory.get_variables(inventory.get_hosts("celery_workers")[0])["celery_worker_pools"]
+    return [pool["name"] for pool in pools if queue in pool["queues"]]
+
+
+def test_routed_task_runs_on_its_own_pool(web_hosts, worker_hosts, inventory, pool_names):
+    routes = inventory.get_variables(inventory.get_hosts("celery_workers")[0])["celery_worker_task_routes"]
+    routed_pools = _pool_of_queue(inventory, routes["stackdemo.tasks.sleep_then_echo"]["queue"])
+    assert len(routed_pools) == 1 and len(pool_names) > 1
     host = web_hosts[0]
     marker = f"routed-{uuid.uuid4()}"
     task_id = submit(host, "stackdemo.tasks.sleep_then_echo", args=[marker, 0])
@@ -48,9 +56,9 @@ def test_routed_task_runs_on_its_own_pool(web_hosts, worker_hosts):
     journals = [
         (pool, w.check_output(f"journalctl -u celery-worker@{pool} --no-pager -o cat"))
         for w in worker_hosts
-        for pool in ("default", "urgent")
+        for pool in pool_names
     ]
-    assert [pool for pool, log in journals if task_id in log] == ["urgent"]
+    assert [pool for pool, log in journals if task_id in log] == routed_pools
 
 
 def test_unknown_task_and_bad_json_are_client_errors(web_hosts):
@@ -70,12 +78,15 @@ def test_countdown_beyond_the_visibility_timeout_is_refused(web_hosts, web_confi
     assert status == 400 and "visibility" in answer["error"].lower()
 
 
-def _refusals(worker):
-    journal = "journalctl -u celery-worker@default --no-pager -o cat"
+def _refusals(worker, pool):
+    journal = f"journalctl -u celery-worker@{pool} --no-pager -o cat"
     return int(worker.check_output(f"{journal} | grep -c 'untrusted content' || true") or 0)
 
 
-def test_a_pickle_message_is_rejected_and_the_worker_stays_up(web_hosts, worker_hosts, worker_config):
+def test_a_pickle_message_is_refused_and_the_worker_stays_up(
+    web_hosts, worker_hosts, worker_config, inventory
+):
+    pool = _pool_of_queue(inventory, worker_config["default_queue"])[0]
     task_id = str(uuid.uuid4())
     headers = {"lang": "py", "task": "stackdemo.tasks.add", "id": task_id, "root_id": task_id}
     headers.update({"parent_id": None, "group": None, "retries": 0, "eta": None, "expires": None})
@@ -89,20 +100,21 @@ def test_a_pickle_message_is_rejected_and_the_worker_stays_up(web_hosts, worker_
             "correlation_id": task_id,
             "reply_to": "",
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": "celery"},
+            "delivery_info": {"exchange": "", "routing_key": worker_config["default_queue"]},
             "priority": 0,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
         },
     }
     worker, web = worker_hosts[0], web_hosts[0]
-    before = _refusals(worker)
-    pushed = redis_cli(worker, worker_config["broker_url"], "LPUSH", "celery", json.dumps(message))
+    before = _refusals(worker, pool)
+    queue = worker_config["default_queue"]
+    pushed = redis_cli(worker, worker_config["broker_url"], "LPUSH", queue, json.dumps(message))
     assert pushed.stdout.strip().isdigit(), pushed.stdout + pushed.stderr
     # The queue is FIFO: once a later task has run, the worker has met the pickle message.
     assert wait_for(web, submit(web, "stackdemo.tasks.add", args=[3, 4]))["result"] == 7
-    assert _refusals(worker) > before
-    assert worker.service("celery-worker@default").is_running
+    assert _refusals(worker, pool) > before
+    assert worker.service(f"celery-worker@{pool}").is_running
     status, answer = http_get(web, web_url(web, f"/api/tasks/{task_id}"))
     assert (status, answer["state"]) == (200, "PENDING")  # dropped, never became a task
 

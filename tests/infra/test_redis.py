@@ -1,6 +1,10 @@
 """Redis as a broker: configuration read back from the live server, ACL users, unit hardening."""
 
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 from stackcheck import redis_cli, redis_endpoint
 
 # What a container cannot fix: the kernel is its host's (proven on a VM by molecule/kernel).
@@ -42,17 +46,65 @@ def test_bind_is_loopback_and_the_service_address(redis_host, worker_config, adm
     assert set(config_get(redis_host, worker_config, admin, "bind").split()) == {"127.0.0.1", address}
 
 
-def test_acl_users_are_least_privilege(redis_host, worker_config, admin):
+def test_acl_users_are_least_privilege(redis_host, worker_config, admin, redis_fact):
     listed = redis_cli(
         redis_host, worker_config["broker_url"], "ACL", "LIST", user=admin[0], password=admin[1]
     )
     users = {line.split()[1]: line for line in listed.stdout.splitlines()}
-    assert set(users) == {"default", "stack-admin", "celery-worker", "celery-web"}
+    tiers = redis_fact["users"]
+    assert set(users) == {"default", tiers["admin"], tiers["worker"], tiers["web"]}
     assert " off " in users["default"]
-    for name in ("celery-worker", "celery-web"):
+    for name in (tiers["worker"], tiers["web"]):
         assert "+@all" not in users[name]
         assert "~*" not in users[name].split()
         assert "#" in users[name]  # a password hash, never a plaintext password
+
+
+def _grants():
+    role = Path(__file__).resolve().parents[2] / "roles" / "stack"
+    sys.path.insert(0, str(role / "filter_plugins"))
+    import stack_filters
+
+    return stack_filters, yaml.safe_load((role / "vars" / "main.yml").read_text())["stack_redis_acl_grants"]
+
+
+def _effective_commands(tokens, category_members):
+    """The command set a rule's +/- tokens grant, in order; Redis prints +@category -command."""
+    granted = set()
+    for token in tokens:
+        if token[0] not in "+-":
+            continue
+        names = category_members(token[2:]) if token[1] == "@" else {token[1:]}
+        granted = granted | names if token[0] == "+" else granted - names
+    return granted
+
+
+def test_live_acl_rules_are_the_shared_grants(redis_host, worker_config, admin, redis_fact, inventory):
+    filters, grants = _grants()
+    pools = inventory.get_variables(inventory.get_hosts("celery_workers")[0])["celery_worker_pools"]
+    queues = {queue for pool in pools for queue in pool["queues"]} | {worker_config["default_queue"]}
+
+    def as_admin(*command):
+        return redis_cli(redis_host, worker_config["broker_url"], *command, user=admin[0], password=admin[1])
+
+    def category_members(name):
+        listed = (
+            as_admin("COMMAND", "LIST")
+            if name == "all"
+            else as_admin("COMMAND", "LIST", "FILTERBY", "ACLCAT", name)
+        )
+        return set(listed.stdout.split())
+
+    listed = as_admin("ACL", "LIST").stdout.splitlines()
+    for tier in ("worker", "web"):
+        live = next(line for line in listed if line.split()[1] == redis_fact["users"][tier]).split()
+        expected = filters.redis_acl_rule(grants[tier], sorted(queues)).split()
+        for prefix in ("~", "&"):
+            granted = {t for t in expected if t.startswith(prefix)}
+            assert {t for t in live if t.startswith(prefix)} == granted, (tier, prefix)
+        assert _effective_commands(live, category_members) == _effective_commands(
+            expected, category_members
+        ), tier
 
 
 def test_web_user_is_refused_on_worker_only_keys(web_hosts, web_config):

@@ -1,7 +1,8 @@
 """The whole request path on real hosts: Redis, Celery workers, the Tornado front."""
 
 import pytest
-from stackcheck import http_get, redis_cli, redis_endpoint, web_url
+from conftest import local_fact
+from stackcheck import http_get, redis_cli, redis_endpoint, web_fact, web_url
 
 
 def test_redis_is_enabled_and_running(redis_host, redis_unit):
@@ -34,34 +35,51 @@ def test_broker_and_backend_use_the_seeds_databases(worker_config):
     assert redis_endpoint(worker_config["result_backend"])[4] == 0
 
 
-def test_worker_pools_are_enabled_and_running(worker_hosts):
+def test_worker_pools_are_enabled_and_running(worker_hosts, pool_names):
+    assert pool_names
     for host in worker_hosts:
-        for pool in ("default", "urgent"):
+        assert local_fact(host, "stack_celery_worker")["pools"] == pool_names
+        for pool in pool_names:
             service = host.service(f"celery-worker@{pool}")
             assert service.is_enabled
             assert service.is_running
 
 
-def test_workers_run_as_their_own_unprivileged_user(worker_hosts):
+def test_workers_run_as_their_own_unprivileged_user(worker_hosts, pool_names):
     for host in worker_hosts:
+        user = local_fact(host, "stack_celery_worker")["user"]
+        assert user != "root"
         processes = host.process.filter(comm="celery")
         assert processes, "no celery process found"
-        assert {p.user for p in processes} == {"celery-worker"}
+        assert {p.user for p in processes} == {user}
         # Root in a container may not read another user's /proc/PID/environ: check the sources.
-        unit_environment = host.check_output("systemctl show -p Environment celery-worker@default")
+        unit_environment = host.check_output(f"systemctl show -p Environment celery-worker@{pool_names[0]}")
         assert "C_FORCE_ROOT" not in unit_environment
         found = host.run("grep -rl C_FORCE_ROOT /etc/stackdemo /etc/systemd/system")
         assert found.rc == 1, found.stdout
 
 
-def test_web_processes_are_enabled_and_listening(web_hosts, web_config):
+def test_web_processes_are_enabled_and_listening(web_hosts, inventory):
+    assert web_hosts
     for host in web_hosts:
-        service = host.service("stackdemo-web@10001")
-        assert service.is_enabled
-        assert service.is_running
-        listening = [str(s) for s in host.socket.get_listening_sockets() if s.endswith(":10001")]
-        assert listening and all("0.0.0.0" not in s for s in listening)
-        assert {p.user for p in host.process.filter(comm="stackdemo-web")} <= {"stackdemo-web"}
+        fact = web_fact(host)
+        wanted = inventory.get_variables(host.inventory_name).get("tornado_web_ports")
+        if wanted is not None:
+            assert fact["ports"] == wanted
+        assert fact["ports"] and len(fact["units"]) == len(fact["ports"])
+        for unit in fact["units"]:
+            service = host.service(unit)
+            assert service.is_enabled
+            assert service.is_running
+        listening = host.socket.get_listening_sockets()
+        for port in fact["ports"]:
+            # Exactly the service address: never a wildcard, never another interface.
+            assert [s for s in listening if s.startswith("tcp://") and s.endswith(f":{port}")] == [
+                f"tcp://{fact['address']}:{port}"
+            ]
+        processes = host.process.filter(comm="stackdemo-web")
+        assert len(processes) == len(fact["ports"])
+        assert {p.user for p in processes} == {fact["user"]}
 
 
 @pytest.mark.parametrize(("x", "y", "total"), [(2, 3, 5), (10, 2, 12), (1.5, 2, 3.5)])

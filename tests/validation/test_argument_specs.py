@@ -11,12 +11,12 @@ HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parent.parent
 
 CASES = [
-    ("redis", {"redis_port": 70000}, "redis_port"),
-    ("redis", {"redis_port": 0}, "redis_port"),
+    ("redis", {"stack_redis_port": 70000}, "stack_redis_port"),
+    ("redis", {"stack_redis_port": 0}, "stack_redis_port"),
     ("redis", {"redis_maxmemory_policy": "allkeys-oops"}, "redis_maxmemory_policy"),
     ("redis", {"redis_bind_addresses": ["redis.example.net"]}, "redis_bind_addresses"),
     ("redis", {"redis_bind_addresses": ["0.0.0.0"]}, "redis_bind_addresses"),
-    ("redis", {"redis_acl_web_password": "short"}, "redis_acl_web_password"),
+    ("redis", {"stack_redis_web_password": "short"}, "stack_redis_web_password"),
     ("redis", {"redis_flavor": "keydb"}, "redis_flavor"),
     ("redis", {"redis_supervision": "upstart"}, "redis_supervision"),
     ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),

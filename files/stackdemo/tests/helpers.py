@@ -1,15 +1,14 @@
 """Small synchronous helpers shared by the tests."""
 
-from __future__ import annotations
-
 import http.client
 import json
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 
 def free_port() -> int:

@@ -1,7 +1,5 @@
 """GET /add: the end-to-end path through broker, worker and result backend."""
 
-from __future__ import annotations
-
 import pytest
 
 

@@ -1,10 +1,8 @@
 """POST /api/tasks/<name> and GET /api/tasks/<id> against the real stack."""
 
-from __future__ import annotations
-
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 ADD = "stackdemo.tasks.add"
 ECHO = "stackdemo.tasks.sleep_then_echo"
@@ -96,7 +94,7 @@ def test_countdown_is_honoured(web):
 
 
 def test_eta_slightly_in_the_past_runs_now(web):
-    eta = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+    eta = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     task_id = web.submit(ADD, args=[2, 2], eta=eta)
     assert web.wait(task_id)["result"] == 4
 

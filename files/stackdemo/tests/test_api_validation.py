@@ -1,10 +1,8 @@
 """Every rejected submission gets a 4xx JSON error saying what is wrong."""
 
-from __future__ import annotations
-
 import http.client
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -14,7 +12,7 @@ ADD = "stackdemo.tasks.add"
 
 
 def _at(seconds: float) -> str:
-    return (datetime.now(timezone.utc) + timedelta(seconds=seconds)).isoformat()
+    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,5 @@
 """Celery beat sends its schedule, as the worker ACL user, to a real worker."""
 
-from __future__ import annotations
-
 import json
 import os
 import subprocess

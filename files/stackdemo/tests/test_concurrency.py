@@ -1,7 +1,5 @@
 """Hundreds of requests awaiting results at once are all answered correctly."""
 
-from __future__ import annotations
-
 import asyncio
 import json
 
@@ -40,7 +38,7 @@ def test_500_concurrent_waits_on_delayed_tasks(web, redis_server):
     task_ids = [web.submit(ECHO, args=[f"value-{i}", 1]) for i in range(5)]
     paths = [f"/api/tasks/{task_ids[i % 5]}?wait=30" for i in range(500)]
     answers = asyncio.run(_fetch_all(web.base_url, paths))
-    for path, (code, body) in zip(paths, answers):
+    for path, (code, body) in zip(paths, answers, strict=True):
         task_id = path.split("/")[3].split("?")[0]
         index = task_ids.index(task_id)
         assert code == 200, body

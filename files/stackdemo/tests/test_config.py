@@ -1,7 +1,5 @@
 """The configuration file contract with the Ansible roles."""
 
-from __future__ import annotations
-
 import json
 
 import pytest

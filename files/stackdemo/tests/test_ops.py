@@ -1,7 +1,5 @@
 """What operators and the roles rely on: health, metrics, exits, recovery."""
 
-from __future__ import annotations
-
 import json
 import os
 import re

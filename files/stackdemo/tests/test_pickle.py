@@ -1,7 +1,5 @@
 """A pickle message pushed straight into the queue is refused, not loaded."""
 
-from __future__ import annotations
-
 import base64
 import json
 import pickle

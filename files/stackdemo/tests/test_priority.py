@@ -1,7 +1,5 @@
 """Message priority 0-9 picks the Redis list and the order of consumption."""
 
-from __future__ import annotations
-
 import json
 import re
 

@@ -1,7 +1,5 @@
 """Celery settings for the worker and for the web's producer."""
 
-from __future__ import annotations
-
 import importlib
 import json
 import sys

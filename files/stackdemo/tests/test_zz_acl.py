@@ -1,6 +1,4 @@
-"""Runs last: the whole suite needed nothing beyond tests/acl_rules.py."""
-
-from __future__ import annotations
+"""Runs last: the suite needed nothing beyond the deployed ACL grants."""
 
 import socket
 

@@ -1,7 +1,5 @@
 """Celery app factories: the worker's, and the web's result-less producer."""
 
-from __future__ import annotations
-
 from celery import Celery
 
 from stackdemo.config import Config

@@ -1,7 +1,5 @@
 """The one JSON file each process reads; its schema is a contract with the roles."""
 
-from __future__ import annotations
-
 import difflib
 import json
 import math

@@ -1,7 +1,5 @@
 """Celery settings derived from the configuration file."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from stackdemo.config import PRIORITY_SEP, Config

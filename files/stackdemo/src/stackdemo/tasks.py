@@ -1,7 +1,5 @@
 """The tasks the workers run; names are part of the web API's allow-list."""
 
-from __future__ import annotations
-
 import math
 import time
 from typing import Any

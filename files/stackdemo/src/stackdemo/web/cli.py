@@ -1,7 +1,5 @@
 """``stackdemo-web`` / ``python -m stackdemo.web``."""
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import logging

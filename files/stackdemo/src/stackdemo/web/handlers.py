@@ -1,11 +1,9 @@
 """HTTP handlers; every answer, errors included, is JSON (except /metrics)."""
 
-from __future__ import annotations
-
 import asyncio
 import json
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
@@ -33,7 +31,7 @@ ADD_TASK = "stackdemo.tasks.add"
 class BaseHandler(RequestHandler):
     metric_name = "other"
 
-    def initialize(self, ctx: Context) -> None:
+    def initialize(self, ctx: "Context") -> None:
         self.ctx = ctx
         self._in_flight = False
 
@@ -66,7 +64,7 @@ class BaseHandler(RequestHandler):
             message = self._reason.lower()
         self.send_json(status_code, {"error": message})
 
-    async def submit(self, submission: Submission) -> Submitted:
+    async def submit(self, submission: Submission) -> "Submitted":
         try:
             return await self.ctx.submitter.submit(submission)
         except Exception as exc:
@@ -160,7 +158,7 @@ class TaskHandler(BaseHandler):
         if self._size > limit:
             raise ApiError(413, f"request body is larger than {limit} bytes")
         submission = parse_submission(
-            name, b"".join(self._chunks), self.ctx.config, datetime.now(timezone.utc)
+            name, b"".join(self._chunks), self.ctx.config, datetime.now(UTC)
         )
         submitted = await self.submit(submission)
         status_url = f"/api/tasks/{submitted.task_id}"
@@ -203,7 +201,7 @@ class HealthHandler(BaseHandler):
     async def get(self) -> None:
         try:
             await asyncio.wait_for(self.ctx.broker.ping(), timeout=5)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except (RedisError, OSError, TimeoutError) as exc:
             log.warning("broker health check failed: %r", exc)
             self.send_json(503, {"broker": "unavailable"})
             return

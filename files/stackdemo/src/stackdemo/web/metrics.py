@@ -1,10 +1,8 @@
 """Prometheus text exposition, small enough not to need prometheus_client."""
 
-from __future__ import annotations
-
 import bisect
 from collections import Counter
-from typing import Callable
+from collections.abc import Callable
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -59,7 +57,7 @@ class Metrics:
         _header(out, name, "histogram", "Time to answer HTTP requests.")
         for handler, hist in sorted(self._latency.items()):
             cumulative = 0
-            for bound, count in zip(self._bounds, hist.buckets):
+            for bound, count in zip(self._bounds, hist.buckets, strict=True):
                 cumulative += count
                 labels = _labels(handler=handler, le=_number(bound))
                 out.append(f"{name}_bucket{labels} {cumulative}")

@@ -7,8 +7,6 @@ the key once: a result stored before the subscription took effect is found
 by the read, and one stored after it arrives as a message.
 """
 
-from __future__ import annotations
-
 import asyncio
 import json
 import logging
@@ -62,6 +60,8 @@ class ResultWaiter:
         # order, so a re-subscribe can never be undone by an older unsubscribe.
         self._outbox: deque[tuple[str, str]] = deque()
         self._to_fetch: set[str] = set()
+        self._outbox_ready = asyncio.Event()
+        self._fetch_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.connected = False
 
@@ -70,10 +70,6 @@ class ResultWaiter:
         return len(self._entries)
 
     async def start(self) -> None:
-        # Events are created here: on Python 3.9 they bind to the loop that
-        # exists at construction time.
-        self._outbox_ready = asyncio.Event()
-        self._fetch_ready = asyncio.Event()
         self._tasks = [
             asyncio.ensure_future(self._run()),
             asyncio.ensure_future(self._fetch_loop()),
@@ -99,7 +95,7 @@ class ResultWaiter:
         try:
             # shield: one waiter timing out must not cancel the shared future.
             return await asyncio.wait_for(asyncio.shield(entry.future), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         finally:
             entry.refs -= 1
@@ -222,5 +218,5 @@ class ResultWaiter:
                     await asyncio.sleep(self._reconnect_delay)
                     self._fetch_ready.set()
                     continue
-                for key, raw in zip(chunk, values):
+                for key, raw in zip(chunk, values, strict=True):
                     self._deliver(key, raw)

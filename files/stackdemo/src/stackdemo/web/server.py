@@ -1,7 +1,5 @@
 """Wire the web process together and run it until SIGTERM or SIGINT."""
 
-from __future__ import annotations
-
 import asyncio
 import logging
 import signal

@@ -1,7 +1,5 @@
 """Send tasks from the web process without blocking its IOLoop."""
 
-from __future__ import annotations
-
 import asyncio
 import functools
 import uuid

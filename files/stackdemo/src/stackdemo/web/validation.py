@@ -1,7 +1,5 @@
 """Turn untrusted request input into submit parameters or a precise 4xx error."""
 
-from __future__ import annotations
-
 import json
 import math
 import re
@@ -182,7 +180,7 @@ def _datetime(value: Any, key: str) -> datetime:
     if not isinstance(value, str):
         raise ApiError(400, f"{key} must be an ISO 8601 date-time string")
     text = value.strip()
-    # Python 3.9's fromisoformat does not know the Z suffix.
+    # RFC 3339 also allows a lower-case z, which fromisoformat rejects.
     if text[-1:] in ("Z", "z"):
         text = text[:-1] + "+00:00"
     try:
