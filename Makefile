@@ -11,8 +11,9 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 setup:
 	tools/setup-controller.sh
 
-image: setup
-	tools/build-image.sh
+# The controller set-up and the lab image, built side by side.
+image:
+	tools/setup-controller.sh --image
 
 # The whole stack on local Podman hosts, ending with a real request answered by a real worker.
 lab: image
@@ -29,8 +30,8 @@ test: lint unit molecule
 lint: setup
 	yamllint --strict .
 	ansible-lint
-	ruff check files roles tests tools
-	ruff format --check files roles tests tools
+	ruff check files plugins roles tests tools
+	ruff format --check files plugins roles tests tools
 	python tools/role_docs.py --check
 	ansible-playbook --syntax-check -i inventory/example site.yml
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the controller needs on a fresh Debian 12 machine (run as root).
-# Safe to re-run: every step checks before it acts.
+# Safe to re-run: every step checks before it acts. With --image, the lab image is built
+# (tools/build-image.sh, cached) at the same time as the virtualenv: both mostly wait on mirrors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +30,12 @@ runtime = "runc"
 CONF
 fi
 
+image_build=""
+if [ "${1:-}" = "--image" ]; then
+  tools/build-image.sh &
+  image_build=$!
+fi
+
 # Re-install only when the requirements or the app's metadata changed (content, not mtime:
 # a fresh clone has new mtimes everywhere).
 wanted=$(cat requirements.txt files/stackdemo/pyproject.toml | sha256sum | cut -d' ' -f1)
@@ -38,4 +45,8 @@ if [ "$(cat .venv/.installed 2>/dev/null)" != "$wanted" ]; then
   .venv/bin/pip install -q -r requirements.txt
   .venv/bin/pip install -q -e files/stackdemo
   echo "$wanted" > .venv/.installed
+fi
+
+if [ -n "$image_build" ]; then
+  wait "$image_build"
 fi

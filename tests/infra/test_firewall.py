@@ -62,8 +62,15 @@ def test_rules_allow_exactly_the_client_hosts(redis_host, group, inventory, work
     assert dropped, "no drop rule for the other sources"
 
 
+BOOT_MARKER = "echo \"$(cat /proc/sys/kernel/random/boot_id) $(cut -d' ' -f22 /proc/1/stat)\""
+
+
 def restart_records():
-    """Boot ids recorded by the restart side effect, per host: {host: boot id before the restart}."""
+    """Boot markers the restart side effect recorded before restarting, per host.
+
+    A marker is the kernel's boot id and the start time of PID 1: a container shares its host's
+    boot id, so only the second part tells a restarted container apart.
+    """
     directory = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "restarts"
     return {p.name: p.read_text().strip() for p in directory.glob("*")} if directory.is_dir() else {}
 
@@ -72,7 +79,7 @@ def test_rules_survive_a_reboot_through_an_enabled_unit(redis_host, worker_confi
     before = restart_records().get(redis_host.inventory_name)
     if before is None:
         pytest.skip("this scenario did not restart its Redis host")
-    assert redis_host.file("/proc/sys/kernel/random/boot_id").content_string.strip() != before
+    assert redis_host.check_output(BOOT_MARKER) != before
     unit = redis_host.service("stack-firewall")
     assert unit.is_enabled and unit.is_running
     # No converge ran since the restart: rules in place now were loaded by the boot itself.
