@@ -18,6 +18,13 @@ CASES = [
     ("redis", {"redis_bind_addresses": ["0.0.0.0"]}, "redis_bind_addresses"),
     ("redis", {"stack_redis_web_password": "short"}, "stack_redis_web_password"),
     ("redis", {"redis_flavor": "keydb"}, "redis_flavor"),
+    ("redis", {"redis_acl_queues": ["celery", "*"]}, "redis_acl_queues"),
+    ("redis", {"stack_redis_web_user": "celery-web ~* +@all"}, "stack_redis_web_user"),
+    ("redis", {"stack_redis_worker_user": "stack-admin"}, "must differ"),
+    ("celery_worker", {"stack_redis_broker_db": 16}, "stack_redis_broker_db"),
+    ("celery_worker", {"stack_celery_default_queue": "cel*"}, "stack_celery_default_queue"),
+    ("tornado_web", {"stack_redis_port": 70000}, "stack_redis_port"),
+    ("tornado_web", {"stack_celery_visibility_timeout": 0}, "stack_celery_visibility_timeout"),
     ("redis", {"redis_supervision": "upstart"}, "redis_supervision"),
     ("redis", {"redis_appendfsync": "sometimes"}, "redis_appendfsync"),
     (

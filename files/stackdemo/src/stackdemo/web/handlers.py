@@ -64,6 +64,14 @@ class BaseHandler(RequestHandler):
             message = self._reason.lower()
         self.send_json(status_code, {"error": message})
 
+    def single_query_argument(self, name: str) -> str | None:
+        values = self.get_query_arguments(name)
+        # Tornado would quietly use the last of x=1&x=2, while a proxy or
+        # log may read the first: refuse the ambiguity.
+        if len(values) > 1:
+            raise ApiError(400, f"query parameter {name!r} is given more than once")
+        return values[0] if values else None
+
     async def submit(self, submission: Submission) -> "Submitted":
         try:
             return await self.ctx.submitter.submit(submission)
@@ -113,8 +121,8 @@ class AddHandler(BaseHandler):
     metric_name = "add"
 
     async def get(self) -> None:
-        x = parse_number(self.get_query_argument("x", None), "x")
-        y = parse_number(self.get_query_argument("y", None), "y")
+        x = parse_number(self.single_query_argument("x"), "x")
+        y = parse_number(self.single_query_argument("y"), "y")
         submitted = await self.submit(Submission(name=ADD_TASK, args=[x, y]))
         task_id = submitted.task_id
         wait = self.ctx.config.web.max_wait_seconds
@@ -185,7 +193,7 @@ class TaskHandler(BaseHandler):
             self.send_json(200, describe(task_id, final))
 
     def _wait_seconds(self) -> float | None:
-        raw = self.get_query_argument("wait", None)
+        raw = self.single_query_argument("wait")
         if raw is None:
             return None
         wait = parse_number(raw, "wait")

@@ -4,7 +4,7 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from tornado.web import HTTPError
@@ -26,6 +26,17 @@ LINK_KEYS = ("task", "args", "kwargs")
 TASK_ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
 _INT_RE = re.compile(r"[+-]?\d{1,64}")
 _FLOAT_RE = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
+# json, and pickle in the worker's prefork pool, recurse once per level of
+# [ or {. Unchecked, ~1000 levels made json.loads raise RecursionError (a
+# 500), and 500 balanced levels (1 KB) were accepted, then crashed the worker
+# ("Unrecoverable error"), which put the message back for the next one.
+MAX_JSON_DEPTH = 64
+# RFC 8259 whitespace; bytes.strip() would also take \v and \f.
+_JSON_WHITESPACE = b" \t\r\n"
+# Celery adds expires to now and converts it between time zones: beyond
+# this (a day short of datetime.max, for the offsets) send_task raised
+# OverflowError, answered as a 503 "could not send the task to the broker".
+LATEST_EXPIRY = datetime.max.replace(tzinfo=UTC) - timedelta(days=1)
 
 
 class ApiError(HTTPError):
@@ -80,15 +91,70 @@ def check_task_id(task_id: str) -> None:
 
 
 def decode_json_object(body: bytes) -> dict[str, Any]:
-    if not body.strip():
+    if not body.strip(_JSON_WHITESPACE):
         return {}
     try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        # UTF-8 only (RFC 8259 8.1). json.loads(bytes) would also guess
+        # UTF-16/32, skip a BOM and let encoded lone surrogates through.
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+    _check_depth(text)
+    try:
+        data = json.loads(
+            text, parse_constant=_reject_constant, parse_float=_finite_float
+        )
+    except ValueError as exc:
         raise ApiError(400, f"request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise ApiError(400, "request body must be a JSON object")
+    _reject_lone_surrogates(data)
     return data
+
+
+def _check_depth(text: str) -> None:
+    """Refuse nesting beyond MAX_JSON_DEPTH before anything recurses on it."""
+    depth = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise ApiError(
+                    400, f"request body nests deeper than {MAX_JSON_DEPTH} levels"
+                )
+        elif char in "]}":
+            depth -= 1
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON syntax, but json.loads made it inf, the very value
+    # _reject_constant keeps out, and passed it on to the worker.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ApiError(400, f"number {text[:32]} is too large for a 64-bit float")
+    return value
+
+
+def _reject_lone_surrogates(data: dict[str, Any]) -> None:
+    # A "\ud800" escape without its pair decodes to a str that is not
+    # Unicode text (RFC 8259 8.2) and cannot be encoded as UTF-8; it went
+    # through to the worker, in keys as well as values.
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "request body has a string with an unpaired UTF-16 surrogate"
+        ) from None
 
 
 def _reject_constant(name: str) -> Any:
@@ -169,8 +235,10 @@ def _object(value: Any, key: str) -> dict[str, Any]:
 
 def _seconds(value: Any, key: str, *, allow_zero: bool) -> float:
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    # json.loads turns 1e999 into inf.
-    if number and math.isfinite(value) and (value > 0 or (allow_zero and value == 0)):
+    # Ints are always finite; math.isfinite() raised OverflowError (a 500)
+    # for ints beyond a float's range, like a 400-digit countdown.
+    finite = number and (isinstance(value, int) or math.isfinite(value))
+    if finite and (value > 0 or (allow_zero and value == 0)):
         return value
     bound = ">= 0" if allow_zero else "> 0"
     raise ApiError(400, f"{key} must be a number of seconds {bound}")
@@ -195,13 +263,20 @@ def _datetime(value: Any, key: str) -> datetime:
 
 
 def _expires(value: Any, now: datetime) -> float | datetime:
+    latest = (LATEST_EXPIRY - now).total_seconds()
+    too_late = f"expires must be before {LATEST_EXPIRY:%Y-%m-%d} UTC"
     if isinstance(value, str):
         expires = _datetime(value, "expires")
         if expires <= now:
             raise ApiError(400, "expires is in the past")
+        if (expires - now).total_seconds() > latest:
+            raise ApiError(400, too_late)
         return expires
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return _seconds(value, "expires", allow_zero=False)
+        seconds = _seconds(value, "expires", allow_zero=False)
+        if seconds > latest:
+            raise ApiError(400, too_late)
+        return seconds
     raise ApiError(
         400, "expires must be seconds from now (> 0) or an ISO 8601 date-time"
     )
