@@ -440,6 +440,19 @@ def test_the_push_counter_sees_a_real_submission(web, pushes, web_log_start):
     assert web.wait(task_id)["result"] == 3
 
 
+def submission_rejected(web, pushes, body, content_type):
+    """POST `body` to submit: a 4xx JSON error, and nothing pushed to Redis."""
+    rejected(
+        web,
+        pushes,
+        "POST",
+        SUBMIT,
+        expected_status(body),
+        body=body,
+        headers=_headers(content_type),
+    )
+
+
 @FUZZ
 @given(body=malformed_bodies, content_type=CONTENT_TYPES)
 @example(body=b"[" * 10_000, content_type="application/json")
@@ -461,15 +474,7 @@ def test_the_push_counter_sees_a_real_submission(web, pushes, web_log_start):
 @example(body=b'"{}"', content_type="text/plain")
 @example(body=b"[1, 2]", content_type="application/x-www-form-urlencoded")
 def test_malformed_bodies(web, pushes, body, content_type):
-    rejected(
-        web,
-        pushes,
-        "POST",
-        SUBMIT,
-        expected_status(body),
-        body=body,
-        headers=_headers(content_type),
-    )
+    submission_rejected(web, pushes, body, content_type)
 
 
 @FUZZ
@@ -494,15 +499,7 @@ def test_malformed_bodies(web, pushes, body, content_type):
 def test_invalid_fields(web, pushes, field, content_type):
     key, value = field
     body = json.dumps({"args": [1, 2], key: value}).encode()
-    rejected(
-        web,
-        pushes,
-        "POST",
-        SUBMIT,
-        expected_status(body),
-        body=body,
-        headers=_headers(content_type),
-    )
+    submission_rejected(web, pushes, body, content_type)
 
 
 @FUZZ
