@@ -49,10 +49,47 @@ CASES = [
     ),
     ("celery_worker", {"celery_worker_loglevel": "LOUD"}, "celery_worker_loglevel"),
     ("tornado_web", {"tornado_web_ports": ["http"]}, "tornado_web_ports"),
+    # Accepted once, refused now: each would reach a unit, an ACL rule, a path or a URL.
+    ("celery_worker", {"celery_worker_user": "root"}, "celery_worker_user"),
+    ("celery_worker", {"celery_worker_user": "celery worker"}, "celery_worker_user"),
+    *[
+        ("celery_worker", {"celery_worker_pools": [pool]}, f"celery_worker_pools[{pool['name']}]")
+        for pool in [
+            {"name": "a;b", "queues": ["celery"]},
+            {"name": "../x", "queues": ["celery"]},
+            {"name": "p", "queues": ["cel*"]},
+            {"name": "q", "queues": []},
+            {"name": "r", "queues": ["c"], "concurrency": 0},
+            {"name": "s", "queues": ["c"], "autoscale": "2,5"},
+        ]
+    ],
+    (
+        "celery_worker",
+        {"celery_worker_pools": [{"name": "p", "queues": ["c"]}, {"name": "p", "queues": ["d"]}]},
+        "celery_worker_pools",
+    ),
+    ("celery_worker", {"celery_worker_pools": []}, "celery_worker_pools"),
+    ("celery_worker", {"celery_worker_task_routes": {"t": {"queue": "a b"}}}, "celery_worker_task_routes"),
+    (
+        "celery_worker",
+        {"celery_worker_beat_schedule": {"x": {"task": "t.add", "every_seconds": 0}}},
+        "celery_worker_beat_schedule",
+    ),
+    ("celery_worker", {"celery_worker_stop_timeout": 0}, "celery_worker_stop_timeout"),
+    ("tornado_web", {"tornado_web_ports": [70000]}, "tornado_web_ports"),
+    ("tornado_web", {"tornado_web_ports": [80]}, "tornado_web_ports"),
+    ("tornado_web", {"tornado_web_ports": [10001, 10001]}, "tornado_web_ports"),
+    ("tornado_web", {"tornado_web_user": "root"}, "tornado_web_user"),
+    ("tornado_web", {"tornado_web_address": "0.0.0.0 --debug"}, "tornado_web_address"),
+    ("tornado_web", {"tornado_web_allowed_tasks": ["stackdemo.*"]}, "tornado_web_allowed_tasks"),
+    ("celery_worker", {"stack_redis_host": "10.0.0.1/0?x=@evil"}, "stack_redis_host"),
 ]
 
 
-@pytest.mark.parametrize(("role", "variables", "named"), CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
+CASE_IDS = [f"{role}-{named}-{index}" for index, (role, _, named) in enumerate(CASES)]
+
+
+@pytest.mark.parametrize(("role", "variables", "named"), CASES, ids=CASE_IDS)
 def test_bad_input_fails_before_any_change(role, variables, named):
     env = {
         **os.environ,

@@ -19,7 +19,7 @@ from helpers import Web, free_port, stop_process, wait_until
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 BROKER_DB = 1
 RESULT_DB = 0
-QUEUES = ("celery", "prio")
+QUEUES = ("celery", "prio", "crash")
 # Test-only credentials for a server bound to 127.0.0.1 for one test run.
 ADMIN = ("admin", "admin-secret")
 WEB_USER = ("stackdemo-web", "web-secret")
@@ -35,6 +35,8 @@ TASK_ROUTES = {
     # may target, which the main worker leaves alone so test_priority can
     # fill it before a worker consumes it.
     "stackdemo.batch.*": {"queue": "prio"},
+    # Likewise for "crash", the queue of the hard-crash tests' own worker.
+    "stackdemo.crash.*": {"queue": "crash"},
 }
 
 

@@ -41,6 +41,11 @@ def wait_until(
         time.sleep(0.05)
 
 
+def unacked_messages(broker_db: Any) -> int:
+    """Messages delivered and not yet acknowledged, over every worker node."""
+    return sum(broker_db.hlen(key) for key in broker_db.scan_iter("unacked@*"))
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -66,10 +71,11 @@ class Web:
     port: int
     process: subprocess.Popen | None = None
     log: Path | None = None
+    host: str = "127.0.0.1"
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def request(
         self,
@@ -79,7 +85,7 @@ class Web:
         headers: dict[str, str] | None = None,
         timeout: float = 60,
     ) -> Response:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()

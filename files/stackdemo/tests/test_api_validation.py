@@ -52,7 +52,10 @@ def test_malformed_bodies(web, body, message):
         ({"expires": 0}, "expires must be a number of seconds > 0"),
         ({"expires": "2001-01-01T00:00:00Z"}, "expires is in the past"),
         ({"expires": [1]}, "expires must be seconds from now"),
-        ({"queue": "nope"}, "queue must be one of the configured queues: celery, prio"),
+        (
+            {"queue": "nope"},
+            "queue must be one of the configured queues: celery, crash, prio",
+        ),
         ({"queue": 1}, "queue must be one of the configured queues"),
         ({"priority": 10}, "priority must be an integer from 0 to 9"),
         ({"priority": -1}, "priority must be an integer from 0 to 9"),

@@ -3,7 +3,7 @@
 import json
 import re
 
-from helpers import stop_process, wait_until
+from helpers import stop_process, unacked_messages, wait_until
 
 ECHO = "stackdemo.tasks.sleep_then_echo"
 # (label, priority) in submission order. With Redis, 0 is served first.
@@ -57,7 +57,7 @@ def test_waiting_eta_task_is_requeued_when_the_worker_stops(
     stop_process(proc)
     assert proc.returncode == 0
     # Warm shutdown gives it back instead of waiting for the visibility timeout.
-    assert broker_db.hlen("unacked") == 0
+    assert not unacked_messages(broker_db)
     (raw,) = broker_db.lrange("prio", 0, -1)
     assert json.loads(raw)["headers"]["id"] == task_id
     broker_db.delete("prio")

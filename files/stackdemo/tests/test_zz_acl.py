@@ -23,7 +23,11 @@ def test_no_acl_denials_during_the_suite(redis_server, web, worker):
         (WEB_USER, ["CONFIG", "GET", "*"]),
         (WEB_USER, ["CLIENT", "LIST"]),
         (WEB_USER, ["SET", "celery-task-meta-forged", "{}"]),
-        (WEB_USER, ["GET", "unacked"]),
+        (WEB_USER, ["HGETALL", "unacked@main@host"]),
+        # Read-only for the web's /metrics.
+        (WEB_USER, ["LPUSH", "stack@dead-letters", "forged"]),
+        (WEB_USER, ["DEL", "stack@dead-letters"]),
+        (WEB_USER, ["INCR", "stack@dead-letters-total"]),
         (WEB_USER, ["PUBLISH", "celery-task-meta-x", "{}"]),
         (WEB_USER, ["BRPOP", "celery", "1"]),
         (WORKER_USER, ["KEYS", "*"]),

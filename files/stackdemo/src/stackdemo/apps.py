@@ -4,12 +4,14 @@ from celery import Celery
 
 from stackdemo.config import Config
 from stackdemo.settings import beat_settings, producer_settings, worker_settings
+from stackdemo.worker import install
 
 
 def create_worker_app(config: Config) -> Celery:
-    app = Celery("stackdemo")
+    app = Celery("stackdemo", task_cls="stackdemo.worker:RedeliverySafeTask")
     app.conf.update(worker_settings(config))
     app.conf.imports = ("stackdemo.tasks",)
+    install(app)
     return app
 
 

@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from stackdemo.keys import DEAD_LETTER_KEY, DEAD_LETTER_TOTAL_KEY
 from stackdemo.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from stackdemo.web.metrics import render_gauge
 from stackdemo.web.results import KEY_PREFIX, READY_STATES, parse_meta
 from stackdemo.web.validation import (
     ApiError,
@@ -219,9 +221,28 @@ class HealthHandler(BaseHandler):
 class MetricsHandler(BaseHandler):
     metric_name = "metrics"
 
-    def get(self) -> None:
+    async def get(self) -> None:
+        body = self.ctx.metrics.render()
+        try:
+            # Plain reads, no MULTI: the web's ACL grants these keys read-only.
+            async with self.ctx.broker.pipeline(transaction=False) as pipe:
+                pipe.llen(DEAD_LETTER_KEY).get(DEAD_LETTER_TOTAL_KEY)
+                held, total = await pipe.execute()
+        except (RedisError, OSError):
+            held = total = None  # the broker's health is /healthz's job
+        if held is not None:
+            body += render_gauge(
+                "stackdemo_dead_letters",
+                "Messages the workers could not handle, kept for inspection.",
+                held,
+            )
+            body += render_gauge(
+                "stackdemo_dead_letters_moved",
+                "Messages ever moved to the dead letters (a counter in Redis).",
+                int(total or 0),
+            )
         self.set_header("Content-Type", METRICS_CONTENT_TYPE)
-        self.finish(self.ctx.metrics.render())
+        self.finish(body)
 
 
 class NotFoundHandler(BaseHandler):

@@ -81,6 +81,13 @@ class Metrics:
         return "\n".join(out) + "\n"
 
 
+def render_gauge(name: str, help_text: str, value: float) -> str:
+    out: list[str] = []
+    _header(out, name, "gauge", help_text)
+    out.append(f"{name} {_number(value)}")
+    return "\n".join(out) + "\n"
+
+
 def _header(out: list[str], name: str, kind: str, help_text: str) -> None:
     out.append(f"# HELP {name} {help_text}")
     out.append(f"# TYPE {name} {kind}")

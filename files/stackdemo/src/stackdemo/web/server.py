@@ -1,6 +1,7 @@
 """Wire the web process together and run it until SIGTERM or SIGINT."""
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
@@ -132,7 +133,7 @@ async def serve(config: Config, address: str, port: int) -> None:
         # a JSON 413 from the handler; beyond this Tornado drops the
         # connection before buffering more.
         server = HTTPServer(make_app(ctx), max_body_size=2 * config.web.max_body_bytes)
-        server.listen(port, address)
+        await listen_when_address_is_up(server, port, address)
         log.info("listening on %s:%d", address, port)
         await _until_signalled()
         log.info("stopping; draining %d request(s)", ctx.in_flight)
@@ -140,6 +141,31 @@ async def serve(config: Config, address: str, port: int) -> None:
         await _drain(ctx, config.web.max_wait_seconds + 5)
     finally:
         await ctx.close()
+
+
+async def listen_when_address_is_up(
+    server: HTTPServer, port: int, address: str, max_delay: float = 30.0
+) -> None:
+    """Listen, waiting with back-off while the address is not on this host.
+
+    An address can come up after the service starts (DHCP, a VIP, a bond);
+    that is a wait, not a failure that would end in a dead unit.
+    """
+    delay = 1.0
+    while True:
+        try:
+            server.listen(port, address)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRNOTAVAIL:
+                raise
+        log.warning(
+            "address %s is not configured on this host yet; retrying in %.0f s",
+            address,
+            delay,
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, max_delay)
 
 
 async def _until_signalled() -> None:
