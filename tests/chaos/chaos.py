@@ -1,10 +1,11 @@
 """Faults under a steady load, one at a time: is any accepted task lost or run twice?
 
 Runs on the controller against converged lab hosts. A load of clients keeps
-submitting ``add(i, 1)`` through the front while one fault is injected;
-every task the front accepted (HTTP 202) must then reach SUCCESS with the
-right result, and run to completion exactly once (counted in the workers'
-journal by task id). A prober times the gap in answered ``/add`` requests.
+submitting ``add(i, 1)`` through the front (half with ``POST /api/tasks``, half
+awaiting the answer with ``GET /add``) while one fault is injected; every task
+the front accepted (HTTP 202, or an /add answer carrying a task id) must then
+reach SUCCESS with the right result, and run to completion exactly once
+(counted in the workers' journal by task id). A prober times the gap in answered ``/add`` requests.
 
 Columns: sent/accepted/refused by the front (a refusal is an answer: the
 client knows); finished = accepted tasks that reached SUCCESS with the right
@@ -137,21 +138,32 @@ class Load:
                 self.sent += 1
                 self.accepted[json.loads(reply)["task_id"]] = 1 - countdown
 
-    def _submit_loop(self) -> None:
+    def _send(self, value: int, awaited: bool) -> str | None:
+        """Submit add(value, 1); the task id if the front took it."""
+        try:
+            if awaited:
+                # /add answers 200 with the result, or 504 with the task id to ask about later.
+                status, body = self.stack.request("GET", f"/add?x={value}&y=1", timeout=45)
+                taken = status in (200, 502, 504)
+            else:
+                status, body = self.stack.request(
+                    "POST", f"/api/tasks/{ADD}", {"args": [value, 1]}, timeout=15
+                )
+                taken = status == 202
+            return json.loads(body).get("task_id") if taken else None
+        except (OSError, ValueError):
+            return None
+
+    def _submit_loop(self, awaited: bool) -> None:
         while not self.stop.is_set():
             with self.lock:
                 self.counter += 1
                 value = self.counter
                 self.sent += 1
-            try:
-                status, body = self.stack.request(
-                    "POST", f"/api/tasks/{ADD}", {"args": [value, 1]}, timeout=15
-                )
-            except OSError:
-                status, body = 0, b""
+            task_id = self._send(value, awaited)
             with self.lock:
-                if status == 202:
-                    self.accepted[json.loads(body)["task_id"]] = value + 1
+                if task_id:
+                    self.accepted[task_id] = value + 1
                 else:
                     self.refused += 1
             time.sleep(self.pause)
@@ -168,7 +180,11 @@ class Load:
             time.sleep(0.5)
 
     def __enter__(self) -> "Load":
-        self.threads = [threading.Thread(target=self._submit_loop, daemon=True) for _ in range(self.clients)]
+        # Half the clients submit and go, half await the result through /add.
+        self.threads = [
+            threading.Thread(target=self._submit_loop, args=(index % 2 == 1,), daemon=True)
+            for index in range(self.clients)
+        ]
         self.threads.append(threading.Thread(target=self._probe_loop, daemon=True))
         for thread in self.threads:
             thread.start()

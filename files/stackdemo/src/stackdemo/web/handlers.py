@@ -131,7 +131,11 @@ class AddHandler(BaseHandler):
         meta = await self.await_result(task_id, wait)
         if meta is None:
             error = f"no result within {wait} s"
-            self.send_json(504, {"error": error, "task_id": task_id})
+            # Accepted all the same: the client can ask for the outcome later.
+            status_url = f"/api/tasks/{task_id}"
+            self.send_json(
+                504, {"error": error, "task_id": task_id, "status_url": status_url}
+            )
         elif meta.get("status") == "SUCCESS":
             self.send_json(200, {"result": meta.get("result"), "task_id": task_id})
         else:

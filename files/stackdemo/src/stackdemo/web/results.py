@@ -148,7 +148,8 @@ class ResultWaiter:
             if connected_at is not None and loop.time() - connected_at > 30:
                 delay = self._reconnect_delay
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 30)
+            # Capped low: waiters time out while the subscriber is away.
+            delay = min(delay * 2, 5)
 
     async def _pump(self, pubsub: Any) -> None:
         tasks = [
