@@ -5,10 +5,11 @@ import os
 import shlex
 import subprocess
 import time
+import uuid
 
 import pytest
 from conftest import local_fact
-from stackcheck import redis_endpoint
+from stackcheck import http_get, redis_endpoint
 
 
 def _as_admin(redis_host, worker_config, admin, script):
@@ -84,3 +85,43 @@ def test_a_converge_brings_back_a_unit_left_failed(group, inventory):
     resets = [part.split("TASK [")[0] for part in output.split("Reset units left failed")[1:]]
     assert any(f"changed: [{web.inventory_name}] => (item={unit})" in part for part in resets), output[-3000:]
     assert web.service(unit).is_running
+
+
+LATE_ADDRESS = "192.0.2.77"  # TEST-NET-1: added to the host's loopback only, never routed
+
+
+def test_web_waits_for_an_address_that_comes_up_late(web_hosts):
+    web = web_hosts[0]
+    fact = local_fact(web, "stack_web")
+    if web.run(f"ip address add {LATE_ADDRESS}/32 dev lo && ip address del {LATE_ADDRESS}/32 dev lo").rc:
+        pytest.skip("this host may not change its addresses (no CAP_NET_ADMIN)")
+    port = max(fact["ports"]) + 100
+    # A unit name of its own: the journal of an earlier run must not answer for this one.
+    unit = f"stack-late-address-probe-{uuid.uuid4().hex[:8]}"
+    unit_file = web.file("/etc/systemd/system/stackdemo-web@.service").content_string
+    program = next(line for line in unit_file.splitlines() if line.startswith("ExecStart=")).split()[0][10:]
+    # The deployed web, as its own user, with the deployed configuration, on an address not up yet.
+    web.check_output(
+        f"systemd-run --unit {unit} --uid {fact['user']} --gid {fact['user']}"
+        f" --setenv STACKDEMO_CONFIG=/etc/stackdemo/web.json"
+        f" {program} --address {LATE_ADDRESS} --port {port}"
+    )
+    try:
+        _wait(lambda: "not configured on this host yet" in _journal(web, unit), "the wait to be logged")
+        web.check_output(f"ip address add {LATE_ADDRESS}/32 dev lo")
+        _wait(lambda: f"listening on {LATE_ADDRESS}" in _journal(web, unit), "the web to listen", 40)
+        status, body = http_get(web, f"http://{LATE_ADDRESS}:{port}/healthz")
+        assert status == 200, body
+    finally:
+        web.run(f"systemctl stop {unit}; ip address del {LATE_ADDRESS}/32 dev lo")
+
+
+def _journal(host, unit):
+    return host.check_output(f"journalctl -u {unit} -o cat --no-pager")
+
+
+def _wait(predicate, what, bound=20):
+    deadline = time.monotonic() + bound
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.5)
