@@ -83,6 +83,9 @@ CASES = [
     ("tornado_web", {"tornado_web_address": "0.0.0.0 --debug"}, "tornado_web_address"),
     ("tornado_web", {"tornado_web_allowed_tasks": ["stackdemo.*"]}, "tornado_web_allowed_tasks"),
     ("celery_worker", {"stack_redis_host": "10.0.0.1/0?x=@evil"}, "stack_redis_host"),
+    ("stackdemo_app", {"stackdemo_app_prefix": "/opt/stack demo"}, "stackdemo_app_prefix"),
+    ("stackdemo_app", {"stackdemo_app_venv": "/opt/stackdemo/../../usr"}, "stackdemo_app_venv"),
+    ("stackdemo_app", {"stackdemo_app_config_dir": "/etc"}, "stackdemo_app_config_dir"),
 ]
 
 
