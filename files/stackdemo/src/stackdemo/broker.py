@@ -87,8 +87,11 @@ class _ScreeningRedis(redis.Redis):
 
     def parse_response(self, connection: Any, command_name: str, **options: Any) -> Any:
         response = super().parse_response(connection, command_name, **options)
-        if command_name == "BRPOP" and response:
-            return self._screen(response)
+        if command_name == "BRPOP":
+            # An idle consumer gets a reply (nil) every brpop_timeout: proof of life.
+            last_brpop_reply["at"] = time.monotonic()
+            if response:
+                return self._screen(response)
         return response
 
     def rpop(self, name: Any, count: int | None = None) -> Any:
@@ -100,8 +103,45 @@ class _ScreeningRedis(redis.Redis):
         return item
 
 
+# When the consumer last got a BRPOP reply; read by the worker's watchdog.
+last_brpop_reply: dict[str, float] = {"at": time.monotonic()}
+
+# The transport of the consumer's current connection, set at each consumer start.
+_live_transport: dict[str, Any] = {}
+
+
+def mark_live(transport: Any) -> None:
+    _live_transport["transport"] = transport
+
+
 class QoS(kombu_redis.QoS):
+    """Acks and rejects; none through a channel of a connection already lost.
+
+    Celery acks a task when its pool process reports back, possibly after the
+    connection it was delivered on was lost and replaced. On the new
+    connection the node has already requeued that message (RestoreOrphans), so
+    the late ack has nothing left to do. Sending it anyway opens a connection
+    from the dead channel's pool, whose disconnect hook unregisters its socket
+    number from the event loop the live consumer shares: when the number was
+    reused by the new BRPOP connection, the worker stops consuming for good.
+    """
+
+    def _stale(self, what: str, delivery_tag: str) -> bool:
+        live = _live_transport.get("transport")
+        if live is not None and self.channel.connection is not live:
+            log.info(
+                "Dropped the %s of %s: its connection was replaced", what, delivery_tag
+            )
+            return True
+        return False
+
+    def ack(self, delivery_tag: str) -> None:
+        if not self._stale("ack", delivery_tag):
+            super().ack(delivery_tag)
+
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if self._stale("reject", delivery_tag):
+            return
         if not requeue:
             self.channel.dead_letter_unacked(delivery_tag)
         super().reject(delivery_tag, requeue=requeue)

@@ -1,13 +1,24 @@
 """Worker-side wiring that makes a hard crash cost a retry, not a task."""
 
 import logging
+import os
+import signal
+import threading
+import time
 from typing import Any
 
+import redis
 from celery import Celery, Task, bootsteps, signals
 from celery.exceptions import Ignore
 from celery.states import READY_STATES
+from celery.worker import state as worker_state
 
-from stackdemo.broker import Channel, node_transport_options
+from stackdemo.broker import (
+    Channel,
+    last_brpop_reply,
+    mark_live,
+    node_transport_options,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,7 @@ class RestoreOrphans(bootsteps.StartStopStep):
         channel = consumer.connection.default_channel
         if not isinstance(channel, Channel):
             return
+        mark_live(consumer.connection.transport)
         restored = channel.restore_orphans()
         if restored:
             log.warning(
@@ -58,6 +70,77 @@ class RestoreOrphans(bootsteps.StartStopStep):
                 restored,
                 channel.unacked_key,
             )
+
+
+STALL_SECONDS = 60
+CHECK_SECONDS = 10
+
+
+def consumer_stalled(
+    now: float, last_reply: float, running: int, limit: float = STALL_SECONDS
+) -> bool:
+    """A consumer with no task running that has had no BRPOP reply for too long."""
+    return running == 0 and now - last_reply > limit
+
+
+class ConsumerWatchdog(bootsteps.StartStopStep):
+    """Exit a pool whose consumer stopped consuming while Redis answers.
+
+    An idle consumer gets a BRPOP reply every second. kombu's event loop can
+    lose its broker socket after a reconnect and then wait for ever with the
+    pool looking healthy; systemd restarts the exited pool and its successor
+    requeues what it held. A pool running tasks (kombu sends no BRPOP while
+    every slot is taken) or cut off from Redis is left alone.
+    """
+
+    requires = (RestoreOrphans,)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        self._consumer: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, consumer: Any) -> None:
+        self._consumer = consumer
+        last_brpop_reply["at"] = time.monotonic()  # a full grace period per start
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._watch, name="consumer-watchdog", daemon=True
+            )
+            self._thread.start()
+
+    def _broker_answers(self) -> bool:
+        url = self._consumer.app.conf.broker_url
+        try:
+            client = redis.Redis.from_url(
+                url, socket_timeout=5, socket_connect_timeout=5
+            )
+            try:
+                return bool(client.ping())
+            finally:
+                client.close()
+        except redis.RedisError:
+            return False
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(CHECK_SECONDS)
+            last = last_brpop_reply["at"]
+            # Not kombu's prefetch accounting: acks that failed with the
+            # connection leave it full, and a wedged consumer looks busy.
+            running = len(worker_state.active_requests)
+            if not consumer_stalled(time.monotonic(), last, running):
+                continue
+            if not self._broker_answers():
+                continue
+            log.critical(
+                "Consumer stalled: no BRPOP reply for %.0f s while Redis answers;"
+                " stopping so systemd starts this pool again",
+                time.monotonic() - last,
+            )
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(STALL_SECONDS)
+            os._exit(70)
 
 
 def _use_node_unacked_keys(sender: str, conf: Any, **_: Any) -> None:
@@ -68,8 +151,9 @@ def _use_node_unacked_keys(sender: str, conf: Any, **_: Any) -> None:
 
 
 def install(app: Celery) -> None:
-    """Give a worker app the transport, consumer and task class above."""
+    """Give a worker app the transport, consumer steps and task class above."""
     app.conf.broker_transport = "stackdemo.broker:Transport"
     app.conf.worker_consumer = "stackdemo.broker:Consumer"
     app.steps["consumer"].add(RestoreOrphans)
+    app.steps["consumer"].add(ConsumerWatchdog)
     signals.celeryd_init.connect(_use_node_unacked_keys, weak=False)
