@@ -37,7 +37,7 @@ from urllib.parse import urlsplit
 ADD = "stackdemo.tasks.add"
 SETTLE_SECONDS = 180
 # Countdowns of tasks sent before each fault: held by a worker while the fault happens.
-EARLY_COUNTDOWNS = (10, 40)
+EARLY_COUNTDOWNS = (5, 20)
 JUNK = [b"garbage", b"\xff\xfe", b"[1]", b"{}", b'{"properties": {}}', b"null", b"1e999"]
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 from stackdemo.keys import DEAD_LETTER_KEY, DEAD_LETTER_TOTAL_KEY, UNACKED_KEY_PREFIXES
 
@@ -136,8 +137,17 @@ class QoS(kombu_redis.QoS):
         return False
 
     def ack(self, delivery_tag: str) -> None:
-        if not self._stale("ack", delivery_tag):
+        if self._stale("ack", delivery_tag):
+            return
+        try:
             super().ack(delivery_tag)
+        except self.channel.connection_errors:
+            # kombu frees the prefetch slot only after Redis took the ack: with
+            # Redis away every ack leaks a slot, and a pool whose slots are all
+            # leaked never asks for a message again. Free it; the message stays
+            # in the node's hash and is requeued at the next (re)connection.
+            virtual.QoS.ack(self, delivery_tag)
+            raise
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         if self._stale("reject", delivery_tag):

@@ -77,10 +77,14 @@ CHECK_SECONDS = 10
 
 
 def consumer_stalled(
-    now: float, last_reply: float, running: int, limit: float = STALL_SECONDS
+    now: float,
+    last_reply: float,
+    running: int,
+    can_consume: bool,
+    limit: float = STALL_SECONDS,
 ) -> bool:
-    """A consumer with no task running that has had no BRPOP reply for too long."""
-    return running == 0 and now - last_reply > limit
+    """No BRPOP reply for too long, though the pool is idle or has a free slot."""
+    return now - last_reply > limit and (running == 0 or can_consume)
 
 
 class ConsumerWatchdog(bootsteps.StartStopStep):
@@ -109,6 +113,12 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
             )
             self._thread.start()
 
+    def _can_consume(self) -> bool:
+        try:
+            return bool(self._consumer.task_consumer.channel.qos.can_consume())
+        except Exception:  # reconnecting: no channel to judge
+            return False
+
     def _broker_answers(self) -> bool:
         url = self._consumer.app.conf.broker_url
         try:
@@ -126,10 +136,10 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
         while True:
             time.sleep(CHECK_SECONDS)
             last = last_brpop_reply["at"]
-            # Not kombu's prefetch accounting: acks that failed with the
-            # connection leave it full, and a wedged consumer looks busy.
             running = len(worker_state.active_requests)
-            if not consumer_stalled(time.monotonic(), last, running):
+            if not consumer_stalled(
+                time.monotonic(), last, running, self._can_consume()
+            ):
                 continue
             if not self._broker_answers():
                 continue
