@@ -79,6 +79,11 @@ def dead_letter_record(raw: bytes, reason: str, queue: str) -> str:
     )
 
 
+def _queue_dead_letter(pipe: Any, record: str) -> None:
+    """Add the dead-letter list's push and counter to a transaction."""
+    pipe.lpush(DEAD_LETTER_KEY, record).incr(DEAD_LETTER_TOTAL_KEY)
+
+
 class _ScreeningRedis(redis.Redis):
     """Client whose BRPOP replies are screened before kombu decodes them."""
 
@@ -121,10 +126,9 @@ class QoS(kombu_redis.QoS):
     Celery acks a task when its pool process reports back, possibly after the
     connection it was delivered on was lost and replaced. On the new
     connection the node has already requeued that message (RestoreOrphans), so
-    the late ack has nothing left to do. Sending it anyway opens a connection
-    from the dead channel's pool, whose disconnect hook unregisters its socket
-    number from the event loop the live consumer shares: when the number was
-    reused by the new BRPOP connection, the worker stops consuming for good.
+    the late ack has nothing left to do; sent anyway, it would open a
+    connection from the dead channel's pools, whose disconnect hooks reach the
+    event loop the live consumer shares.
     """
 
     def _stale(self, what: str, delivery_tag: str) -> bool:
@@ -179,7 +183,7 @@ class Channel(kombu_redis.Channel):
             # A pool connection: the BRPOP connection belongs to the poller.
             with self.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=True)
-                pipe.lpush(DEAD_LETTER_KEY, record).incr(DEAD_LETTER_TOTAL_KEY)
+                _queue_dead_letter(pipe, record)
                 pipe.execute()
         except redis.RedisError as exc:
             # Already popped: the journal is the last place it can be kept.
@@ -206,8 +210,7 @@ class Channel(kombu_redis.Channel):
                 record = dead_letter_record(
                     json.dumps(message).encode(), "rejected by the worker", routing_key
                 )
-                pipe.lpush(DEAD_LETTER_KEY, record)
-                pipe.incr(DEAD_LETTER_TOTAL_KEY)
+                _queue_dead_letter(pipe, record)
 
         with self.conn_or_acquire() as client:
             client.transaction(copy, unacked_key)
