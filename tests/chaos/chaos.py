@@ -36,10 +36,6 @@ from urllib.parse import urlsplit
 
 ADD = "stackdemo.tasks.add"
 SETTLE_SECONDS = 180
-# kombu's Redis transport pops a message (BRPOP) and then records it as unacknowledged in a
-# second round trip: a consumer killed between the two loses that one message. Only a fault
-# that kills the consumer process can hit it; its losses are reported without failing the run.
-DELIVERY_WINDOW_FAULTS = frozenset({"kill -9 pool main process"})
 # Countdowns of tasks sent before each fault: held by a worker while the fault happens.
 EARLY_COUNTDOWNS = (5, 20)
 JUNK = [b"garbage", b"\xff\xfe", b"[1]", b"{}", b'{"properties": {}}', b"null", b"1e999"]
@@ -351,20 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     bad = [
         o.fault
         for o in outcomes
-        if (o.lost and o.fault not in DELIVERY_WINDOW_FAULTS)
+        if o.lost
         or o.duplicated
         or o.wrong
         or o.units_down
         or not o.accepted
     ]
-    for o in outcomes:
-        if o.lost and o.fault in DELIVERY_WINDOW_FAULTS:
-            print(
-                f"{o.fault}: {len(o.lost)} lost in kombu's delivery window (BRPOP, then the"
-                " unacked write: a consumer killed in between loses that message); reported,"
-                " not failed",
-                file=sys.stderr,
-            )
     for o in outcomes:
         for label, items in (
             ("lost", o.lost),

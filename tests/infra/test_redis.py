@@ -110,6 +110,7 @@ def test_live_acl_rules_are_the_shared_grants(redis_host, worker_config, admin, 
 def test_web_user_is_refused_on_worker_only_keys(web_hosts, web_config):
     for command in (
         ("HGETALL", "unacked@default@host"),
+        ("LRANGE", "inflight@default@host@celery", "0", "-1"),
         ("LPUSH", "stack@dead-letters", "forged"),
         ("FLUSHDB",),
         ("CONFIG", "GET", "*"),

@@ -106,5 +106,6 @@ def test_acl_rule_never_grants_every_key_or_command():
 
 
 def test_only_the_worker_consumes_and_only_the_web_subscribes():
-    assert "brpop" in GRANTS["worker"]["commands"] and "brpop" not in GRANTS["web"]["commands"]
+    for command in ("evalsha", "blmove", "lmove"):
+        assert command in GRANTS["worker"]["commands"] and command not in GRANTS["web"]["commands"]
     assert "subscribe" in GRANTS["web"]["commands"] and "subscribe" not in GRANTS["worker"]["commands"]

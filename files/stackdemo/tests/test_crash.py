@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import socket
+import time
 from pathlib import Path
 
 from helpers import wait_until
@@ -14,6 +15,7 @@ QUEUE = "crash"
 NODE = f"crash@{socket.gethostname()}"
 UNACKED = f"unacked@{NODE}"
 UNACKED_INDEX = f"unacked_index@{NODE}"
+IN_FLIGHT = f"inflight@{NODE}@{QUEUE}"
 
 
 def _children(pid: int) -> list[int]:
@@ -65,6 +67,45 @@ def test_task_of_a_killed_pool_runs_again_when_the_pool_restarts(
     assert meta["result"] == "survivor"
     wait_until(lambda: _runs(log, task_id) == 1, "the run to be logged", log=log)
     wait_until(lambda: broker_db.hlen(UNACKED) == 0, "the message to be acked")
+    assert broker_db.llen(IN_FLIGHT) == 0
+    _kill_hard(proc)
+
+
+def _freeze_with_a_message_on_its_way(proc, web, broker_db) -> str:
+    """Freeze the pool's main process while its idle wait (BLMOVE) is pending.
+
+    Redis then hands the next message to a process that will never read it:
+    the moment at which a plain pop (kombu's BRPOP) loses a message to a kill.
+    The wait lasts a quarter of a second, so a freeze may land just after it
+    ended; the message is then consumed normally and the freeze is retried.
+    """
+    for _ in range(10):
+        proc.send_signal(signal.SIGSTOP)
+        task_id = web.submit(ECHO, args=["in flight", 0], queue=QUEUE)
+        time.sleep(0.5)
+        if broker_db.llen(IN_FLIGHT) == 1:
+            return task_id
+        proc.send_signal(signal.SIGCONT)
+        assert web.wait(task_id, 30)["state"] == "SUCCESS"
+    raise AssertionError("never froze the pool during its wait")
+
+
+def test_message_popped_by_a_pool_killed_before_reading_it_runs_once(
+    web, broker_db, start_worker
+):
+    proc, log = start_worker("crash", queues=QUEUE, concurrency=1)
+    task_id = _freeze_with_a_message_on_its_way(proc, web, broker_db)
+    _kill_hard(proc)
+    # Out of its queue, never recorded as unacknowledged: only in flight.
+    assert broker_db.llen(QUEUE) == 0
+    assert broker_db.hlen(UNACKED) == 0
+    assert broker_db.llen(IN_FLIGHT) == 1
+
+    proc, log = start_worker("crash", queues=QUEUE, concurrency=1)
+    assert "Requeued 1 message(s)" in log.read_text()
+    assert web.wait(task_id, 30)["result"] == "in flight"
+    wait_until(lambda: _runs(log, task_id) == 1, "the run to be logged", log=log)
+    assert broker_db.llen(IN_FLIGHT) == 0
     _kill_hard(proc)
 
 

@@ -1,4 +1,4 @@
-"""The workers' Redis transport: per-node unacked bookkeeping and dead letters.
+"""The workers' Redis transport: atomic delivery, per-node unacked keys, dead letters.
 
 kombu's Redis transport keeps every delivered, unacknowledged message in one
 hash shared by all workers and hands it back only after the visibility
@@ -9,6 +9,15 @@ it when the node (re)connects was delivered to a predecessor that is gone,
 because systemd never runs two instances of one unit, so the node puts it
 back in its queues before it consumes anything.
 
+kombu pops a message (BRPOP) and records it as unacknowledged in a second
+round trip: a pool killed between the two, or with the reply still unread in
+its socket, loses the message. Here a message leaves its queue only by an
+atomic move into the node's in-flight list for that queue (LMOVE, in a Lua
+sweep of every list in priority order, or BLMOVE while idle), and leaves the
+in-flight list in the same transaction that records it as unacknowledged. At
+every moment it is in a queue, in flight, or in the unacked hash; a restarted
+node moves its in-flight lists back into their queues.
+
 kombu also decodes what it pops from a queue list without a guard: one
 non-JSON string pushed by any producer stops the worker's consumer. Here a
 message that is not a kombu envelope, and any message the worker rejects
@@ -18,26 +27,58 @@ moved to a dead-letter list with the reason, counted, and logged.
 
 import base64
 import functools
+import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
 
-from stackdemo.keys import DEAD_LETTER_KEY, DEAD_LETTER_TOTAL_KEY, UNACKED_KEY_PREFIXES
+from stackdemo.keys import (
+    DEAD_LETTER_KEY,
+    DEAD_LETTER_TOTAL_KEY,
+    IN_FLIGHT_KEY_PREFIX,
+    IN_FLIGHT_OPTION,
+    UNACKED_KEY_PREFIXES,
+)
 
 log = logging.getLogger(__name__)
 
 
 def node_transport_options(nodename: str) -> dict[str, str]:
     """Transport options that give one worker node its own unacked keys."""
-    return {
+    options = {
         option: prefix + nodename for option, prefix in UNACKED_KEY_PREFIXES.items()
     }
+    options[IN_FLIGHT_OPTION] = f"{IN_FLIGHT_KEY_PREFIX}{nodename}@"
+    return options
+
+
+# Moves the first message found, in KEYS order, to its in-flight list and
+# returns {queue list, message}. KEYS: n queue lists, then their n in-flight lists.
+SWEEP_SCRIPT = """
+local n = #KEYS / 2
+for i = 1, n do
+  local message = redis.call('LMOVE', KEYS[i], KEYS[n + i], 'RIGHT', 'LEFT')
+  if message then
+    return {KEYS[i], message}
+  end
+end
+return false
+"""
+# Redis names a script by its SHA-1 (EVALSHA); no security rests on it.
+SWEEP_SHA = hashlib.sha1(SWEEP_SCRIPT.encode(), usedforsecurity=False).hexdigest()
+
+# An idle pool blocks on its first queue's main list this long, then sweeps
+# every list: the longest a message of another list waits on an idle pool.
+IDLE_WAIT_SECONDS = 0.25
 
 
 def envelope_problem(raw: bytes) -> str | None:
@@ -85,20 +126,11 @@ def _queue_dead_letter(pipe: Any, record: str) -> None:
 
 
 class _ScreeningRedis(redis.Redis):
-    """Client whose BRPOP replies are screened before kombu decodes them."""
+    """Client whose RPOP replies are screened before kombu decodes them."""
 
     def __init__(self, *args: Any, screen: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._screen = screen
-
-    def parse_response(self, connection: Any, command_name: str, **options: Any) -> Any:
-        response = super().parse_response(connection, command_name, **options)
-        if command_name == "BRPOP":
-            # An idle consumer gets a reply (nil) every brpop_timeout: proof of life.
-            last_brpop_reply["at"] = time.monotonic()
-            if response:
-                return self._screen(response)
-        return response
 
     def rpop(self, name: Any, count: int | None = None) -> Any:
         # kombu's synchronous get() pops with RPOP (one item, no count).
@@ -109,8 +141,9 @@ class _ScreeningRedis(redis.Redis):
         return item
 
 
-# When the consumer last got a BRPOP reply; read by the worker's watchdog.
-last_brpop_reply: dict[str, float] = {"at": time.monotonic()}
+# When the consumer last got a reply to a pop (an idle one gets one several
+# times a second); read by the worker's watchdog.
+last_pop_reply: dict[str, float] = {"at": time.monotonic()}
 
 # The transport of the consumer's current connection, set at each consumer start.
 _live_transport: dict[str, Any] = {}
@@ -160,35 +193,165 @@ class QoS(kombu_redis.QoS):
             self.channel.dead_letter_unacked(delivery_tag)
         super().reject(delivery_tag, requeue=requeue)
 
+    def append(self, message: Any, delivery_tag: str) -> None:
+        transport = self.channel.connection
+        in_flight, transport.in_flight_delivery = transport.in_flight_delivery, None
+        if in_flight is None:
+            super().append(message, delivery_tag)
+            return
+        in_flight_key, raw = in_flight
+        delivery = message.delivery_info
+        stored = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        with self.pipe_or_acquire() as pipe:
+            # One transaction: in flight or unacknowledged, never neither.
+            pipe.zadd(self.unacked_index_key, {delivery_tag: time.time()})
+            pipe.hset(self.unacked_key, delivery_tag, stored)
+            pipe.lrem(in_flight_key, 1, raw)
+            pipe.execute()
+        virtual.QoS.append(self, message, delivery_tag)
+
 
 class Channel(kombu_redis.Channel):
     QoS = QoS
+    in_flight_key_prefix = IN_FLIGHT_KEY_PREFIX
+    # Next pop: a sweep of every list (True) or an idle wait on the first (False).
+    _sweep_next = True
+    _pending_pop: tuple[str, str | None] = ("EVALSHA", None)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        options = self.connection.client.transport_options
+        self.in_flight_key_prefix = options.get(IN_FLIGHT_OPTION, IN_FLIGHT_KEY_PREFIX)
 
     def _get_client(self) -> Any:
-        return functools.partial(_ScreeningRedis, screen=self._screen_delivery)
+        return functools.partial(_ScreeningRedis, screen=self._screen_popped)
 
-    def _screen_delivery(
+    def in_flight_key(self, queue_list: str) -> str:
+        return self.in_flight_key_prefix + queue_list
+
+    def queue_lists(self, queues: Iterable[str]) -> list[str]:
+        """The Redis lists of ``queues``, in the order BRPOP would pop them."""
+        queues = list(queues)
+        names = (self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues)
+        return list(dict.fromkeys(names))
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if self.global_keyprefix:
+            super()._brpop_start(timeout)
+            return
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        lists = self.queue_lists(queues)
+        connection = self.client.connection
+        self._in_poll = connection
+        self._brpop_sent_at = time.monotonic()
+        if self._sweep_next:
+            in_flight = [self.in_flight_key(name) for name in lists]
+            self._pending_pop = ("EVALSHA", None)
+            connection.send_command(
+                "EVALSHA", SWEEP_SHA, 2 * len(lists), *lists, *in_flight
+            )
+        else:
+            first = lists[0]
+            self._pending_pop = ("BLMOVE", first)
+            connection.send_command(
+                "BLMOVE",
+                first,
+                self.in_flight_key(first),
+                "RIGHT",
+                "LEFT",
+                IDLE_WAIT_SECONDS,
+            )
+
+    def _read_pop_reply(self, command: str, **options: Any) -> Any:
+        try:
+            return self.client.parse_response(
+                self.client.connection, command, **options
+            )
+        except redis.exceptions.NoScriptError:
+            # Redis restarted or flushed its script cache: load it, pop next time.
+            with self.conn_or_acquire() as client:
+                client.script_load(SWEEP_SCRIPT)
+            raise kombu_redis.Empty() from None
+        except self.connection_errors:
+            # Disconnect so that the next iteration reconnects, as kombu does.
+            self.client.connection.disconnect()
+            raise
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if self.global_keyprefix:
+            return super()._brpop_read(**options)
+        command, waited_on = self._pending_pop
+        try:
+            reply = self._read_pop_reply(command, **options)
+            last_pop_reply["at"] = time.monotonic()
+            # After a message or an idle wait, sweep; after an empty sweep, wait.
+            self._sweep_next = bool(reply) or command == "BLMOVE"
+            if not reply:
+                raise kombu_redis.Empty()
+            source, raw = (waited_on, reply) if command == "BLMOVE" else reply
+            source = source.decode() if isinstance(source, bytes) else source
+            in_flight_key = self.in_flight_key(source)
+            if self._dead_letter_if_unreadable(source, raw, in_flight_key):
+                raise kombu_redis.Empty()
+            queue = source.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(queue)
+            # QoS.append, called while delivering, takes it out of the in-flight list.
+            self.connection.in_flight_delivery = (in_flight_key, raw)
+            try:
+                self.connection._deliver(loads(bytes_to_str(raw)), queue)
+            finally:
+                self.connection.in_flight_delivery = None
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _poll_error(self, type: str, **options: Any) -> None:
+        if type == "BRPOP" and not self.global_keyprefix:
+            try:
+                self._brpop_read(**options)
+            except kombu_redis.Empty:
+                pass
+            return
+        super()._poll_error(type, **options)
+
+    def _screen_popped(
         self, response: tuple[bytes, bytes]
     ) -> tuple[bytes, bytes] | None:
         source, raw = response
-        problem = envelope_problem(raw)
-        if problem is None:
-            return response
-        queue = (
+        source = (
             source.decode("utf-8", "replace") if isinstance(source, bytes) else source
         )
-        queue = queue.rsplit(self.sep, 1)[0]
+        return None if self._dead_letter_if_unreadable(source, raw) else response
+
+    def _dead_letter_if_unreadable(
+        self, source: str, raw: bytes, in_flight_key: str | None = None
+    ) -> bool:
+        """Move ``raw`` to the dead letters unless it is a kombu message."""
+        problem = envelope_problem(raw)
+        if problem is None:
+            return False
+        queue = source.rsplit(self.sep, 1)[0]
         record = dead_letter_record(raw, f"unreadable message: {problem}", queue)
         try:
-            # A pool connection: the BRPOP connection belongs to the poller.
+            # A pool connection: the pop connection belongs to the poller.
             with self.conn_or_acquire() as client:
                 pipe = client.pipeline(transaction=True)
                 _queue_dead_letter(pipe, record)
+                if in_flight_key is not None:
+                    pipe.lrem(in_flight_key, 1, raw)
                 pipe.execute()
         except redis.RedisError as exc:
-            # Already popped: the journal is the last place it can be kept.
-            log.critical("Could not dead-letter a message (%s): %s", exc, record)
-            return None
+            if in_flight_key is not None:
+                # Still in flight: the next start of this node puts it back and
+                # screens it again.
+                log.error("Could not dead-letter a message (%s); left in flight", exc)
+            else:
+                # Already popped: the journal is the last place it can be kept.
+                log.critical("Could not dead-letter a message (%s): %s", exc, record)
+            return True
         log.error(
             "Moved a message from queue %r to %s (%s, %d bytes)",
             queue,
@@ -196,7 +359,7 @@ class Channel(kombu_redis.Channel):
             problem,
             len(raw),
         )
-        return None
+        return True
 
     def dead_letter_unacked(self, delivery_tag: str) -> None:
         """Copy a rejected message from the unacked hash to the dead letters."""
@@ -216,17 +379,24 @@ class Channel(kombu_redis.Channel):
             client.transaction(copy, unacked_key)
         log.error("Moved rejected message %s to %s", delivery_tag, DEAD_LETTER_KEY)
 
-    def restore_orphans(self) -> int:
-        """Requeue every message in this node's unacked hash; returns how many."""
+    def restore_orphans(self, queues: Iterable[str]) -> int:
+        """Requeue what this node held in flight or unacknowledged; returns how many."""
         with self.conn_or_acquire() as client:
+            moved = 0
+            for name in self.queue_lists(queues):
+                # Back to the end BLMOVE/LMOVE take from: they were next anyway.
+                while client.lmove(self.in_flight_key(name), name, "RIGHT", "RIGHT"):
+                    moved += 1
             tags = client.hkeys(self.unacked_key)
             for tag in tags:
                 self.qos.restore_by_tag(tag, client)
-        return len(tags)
+        return moved + len(tags)
 
 
 class Transport(kombu_redis.Transport):
     Channel = Channel
+    # The message being delivered and its in-flight list, for QoS.append.
+    in_flight_delivery: tuple[str, bytes] | None = None
 
 
 class Consumer(CeleryConsumer):

@@ -12,3 +12,7 @@ UNACKED_KEY_PREFIXES = {
     "unacked_index_key": "unacked_index@",
     "unacked_mutex_key": "unacked_mutex@",
 }
+# Where a message waits between leaving its queue list and being recorded as
+# unacknowledged: IN_FLIGHT_KEY_PREFIX + node + "@" + queue list, one list each.
+IN_FLIGHT_KEY_PREFIX = "inflight@"
+IN_FLIGHT_OPTION = "in_flight_key_prefix"

@@ -15,7 +15,7 @@ from celery.worker import state as worker_state
 
 from stackdemo.broker import (
     Channel,
-    last_brpop_reply,
+    last_pop_reply,
     mark_live,
     node_transport_options,
 )
@@ -63,10 +63,11 @@ class RestoreOrphans(bootsteps.StartStopStep):
         if not isinstance(channel, Channel):
             return
         mark_live(consumer.connection.transport)
-        restored = channel.restore_orphans()
+        queues = consumer.app.amqp.queues.consume_from or consumer.app.amqp.queues
+        restored = channel.restore_orphans(queues)
         if restored:
             log.warning(
-                "Requeued %d message(s) left unacknowledged in %s",
+                "Requeued %d message(s) left in flight or unacknowledged by %s",
                 restored,
                 channel.unacked_key,
             )
@@ -83,17 +84,17 @@ def consumer_stalled(
     can_consume: bool,
     limit: float = STALL_SECONDS,
 ) -> bool:
-    """No BRPOP reply for too long, though the pool is idle or has a free slot."""
+    """No pop reply for too long, though the pool is idle or has a free slot."""
     return now - last_reply > limit and (running == 0 or can_consume)
 
 
 class ConsumerWatchdog(bootsteps.StartStopStep):
     """Exit a pool whose consumer stopped consuming while Redis answers.
 
-    An idle consumer gets a BRPOP reply every second. kombu's event loop can
+    An idle consumer gets a pop reply several times a second. kombu's event loop can
     lose its broker socket after a reconnect and then wait for ever with the
     pool looking healthy; systemd restarts the exited pool and its successor
-    requeues what it held. A pool running tasks (kombu sends no BRPOP while
+    requeues what it held. A pool running tasks (kombu asks for no message while
     every slot is taken) or cut off from Redis is left alone.
     """
 
@@ -106,7 +107,7 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
 
     def start(self, consumer: Any) -> None:
         self._consumer = consumer
-        last_brpop_reply["at"] = time.monotonic()  # a full grace period per start
+        last_pop_reply["at"] = time.monotonic()  # a full grace period per start
         if self._thread is None:
             self._thread = threading.Thread(
                 target=self._watch, name="consumer-watchdog", daemon=True
@@ -135,7 +136,7 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
     def _watch(self) -> None:
         while True:
             time.sleep(CHECK_SECONDS)
-            last = last_brpop_reply["at"]
+            last = last_pop_reply["at"]
             running = len(worker_state.active_requests)
             if not consumer_stalled(
                 time.monotonic(), last, running, self._can_consume()
@@ -144,7 +145,7 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
             if not self._broker_answers():
                 continue
             log.critical(
-                "Consumer stalled: no BRPOP reply for %.0f s while Redis answers;"
+                "Consumer stalled: no pop reply for %.0f s while Redis answers;"
                 " stopping so systemd starts this pool again",
                 time.monotonic() - last,
             )
