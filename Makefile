@@ -6,7 +6,7 @@ LAB ?= lab
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup image lab lab-destroy test lint unit molecule
+.PHONY: setup image lab lab-destroy test lint unit molecule bench
 
 setup:
 	tools/setup-controller.sh
@@ -34,8 +34,8 @@ test: setup
 lint: setup
 	yamllint --strict .
 	ansible-lint
-	ruff check files plugins roles tests tools
-	ruff format --check files plugins roles tests tools
+	ruff check bench files plugins roles tests tools
+	ruff format --check bench files plugins roles tests tools
 	python tools/role_docs.py --check
 	ansible-playbook --syntax-check -i inventory/example site.yml
 
@@ -49,3 +49,10 @@ unit: setup
 SCENARIOS ?= default cluster kernel
 molecule: image
 	set -e; for scenario in $(or $(SCENARIO),$(SCENARIOS)); do molecule test --scenario-name $$scenario; done
+
+# Benchmarks against a converged lab (`make lab` first): bench/results.json, then the plots
+# and docs/benchmarks.md drawn from it.
+bench: setup
+	pip install --quiet -r bench/requirements.txt
+	python bench/run.py --inventory inventory/$(LAB)
+	python bench/report.py

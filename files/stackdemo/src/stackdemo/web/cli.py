@@ -18,6 +18,13 @@ def _port(text: str) -> int:
     return port
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return value
+
+
 def _raise_fd_limit(target: int = 65536) -> None:
     # Each client awaiting a result holds a socket, and systemd's default
     # soft limit is 1024; the hard limit is what the admin really allows.
@@ -42,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=_port, default=10001, help="default: %(default)s"
     )
     parser.add_argument(
+        "--backlog",
+        type=_positive,
+        default=None,
+        help="listen queue length; default: net.core.somaxconn",
+    )
+    parser.add_argument(
         "--log-level",
         default="INFO",
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
@@ -61,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     _raise_fd_limit()
     try:
-        asyncio.run(serve(config, args.address, args.port))
+        asyncio.run(serve(config, args.address, args.port, args.backlog))
     except OSError as exc:
         log.error("cannot serve on %s:%d: %s", args.address, args.port, exc)
         return 1

@@ -125,7 +125,23 @@ def make_app(ctx: Context) -> Application:
     )
 
 
-async def serve(config: Config, address: str, port: int) -> None:
+def default_backlog(path: str = "/proc/sys/net/core/somaxconn") -> int:
+    """The kernel's cap on listen queues: asking for more is silently cut to it.
+
+    Tornado asks for 128 whatever the host allows; a burst of clients beyond
+    the queue gets its connections dropped or reset before the process can
+    accept them.
+    """
+    try:
+        with open(path) as handle:
+            return max(128, int(handle.read()))
+    except (OSError, ValueError):
+        return 128
+
+
+async def serve(
+    config: Config, address: str, port: int, backlog: int | None = None
+) -> None:
     ctx = create_context(config)
     try:
         await ctx.waiter.start()
@@ -133,8 +149,9 @@ async def serve(config: Config, address: str, port: int) -> None:
         # a JSON 413 from the handler; beyond this Tornado drops the
         # connection before buffering more.
         server = HTTPServer(make_app(ctx), max_body_size=2 * config.web.max_body_bytes)
-        await listen_when_address_is_up(server, port, address)
-        log.info("listening on %s:%d", address, port)
+        backlog = backlog or default_backlog()
+        await listen_when_address_is_up(server, port, address, backlog)
+        log.info("listening on %s:%d (backlog %d)", address, port, backlog)
         await _until_signalled()
         log.info("stopping; draining %d request(s)", ctx.in_flight)
         server.stop()
@@ -144,7 +161,11 @@ async def serve(config: Config, address: str, port: int) -> None:
 
 
 async def listen_when_address_is_up(
-    server: HTTPServer, port: int, address: str, max_delay: float = 30.0
+    server: HTTPServer,
+    port: int,
+    address: str,
+    backlog: int = 128,
+    max_delay: float = 30.0,
 ) -> None:
     """Listen, waiting with back-off while the address is not on this host.
 
@@ -154,7 +175,7 @@ async def listen_when_address_is_up(
     delay = 1.0
     while True:
         try:
-            server.listen(port, address)
+            server.listen(port, address, backlog=backlog)
             return
         except OSError as exc:
             if exc.errno != errno.EADDRNOTAVAIL:
