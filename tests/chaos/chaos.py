@@ -344,15 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_out:
         with open(args.json_out, "w") as handle:
             json.dump([o.__dict__ for o in outcomes], handle, indent=2)
-    bad = [
-        o.fault
-        for o in outcomes
-        if o.lost
-        or o.duplicated
-        or o.wrong
-        or o.units_down
-        or not o.accepted
-    ]
+    bad = [o.fault for o in outcomes if o.lost or o.duplicated or o.wrong or o.units_down or not o.accepted]
     for o in outcomes:
         for label, items in (
             ("lost", o.lost),

@@ -7,8 +7,8 @@ import pytest
 
 SYSCTLS = {
     "vm.overcommit_memory": 1,
-    "net.core.somaxconn": 1024,
-    "net.ipv4.tcp_max_syn_backlog": 1024,
+    "net.core.somaxconn": 4096,
+    "net.ipv4.tcp_max_syn_backlog": 4096,
 }
 # Redis' start-up warnings about the kernel (overcommit, THP, the listen backlog).
 KERNEL_WARNING = re.compile(

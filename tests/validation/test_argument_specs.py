@@ -80,6 +80,7 @@ CASES = [
     ("tornado_web", {"tornado_web_ports": [80]}, "tornado_web_ports"),
     ("tornado_web", {"tornado_web_ports": [10001, 10001]}, "tornado_web_ports"),
     ("tornado_web", {"tornado_web_user": "root"}, "tornado_web_user"),
+    ("tornado_web", {"tornado_web_listen_backlog": -1}, "tornado_web_listen_backlog"),
     ("tornado_web", {"tornado_web_address": "0.0.0.0 --debug"}, "tornado_web_address"),
     ("tornado_web", {"tornado_web_allowed_tasks": ["stackdemo.*"]}, "tornado_web_allowed_tasks"),
     ("celery_worker", {"stack_redis_host": "10.0.0.1/0?x=@evil"}, "stack_redis_host"),
