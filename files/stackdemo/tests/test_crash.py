@@ -61,7 +61,7 @@ def test_task_of_a_killed_pool_runs_again_when_the_pool_restarts(
     assert broker_db.llen(QUEUE) == 0
 
     proc, log = start_worker("crash", queues=QUEUE, concurrency=1)
-    assert "Requeued 1 message(s)" in log.read_text()
+    assert "Requeued 0 message(s) left in flight and 1 unacked" in log.read_text()
     meta = web.wait(task_id, 30)
     assert meta["state"] == "SUCCESS"
     assert meta["result"] == "survivor"
@@ -102,7 +102,7 @@ def test_message_popped_by_a_pool_killed_before_reading_it_runs_once(
     assert broker_db.llen(IN_FLIGHT) == 1
 
     proc, log = start_worker("crash", queues=QUEUE, concurrency=1)
-    assert "Requeued 1 message(s)" in log.read_text()
+    assert "Requeued 1 message(s) left in flight and 0 unacked" in log.read_text()
     assert web.wait(task_id, 30)["result"] == "in flight"
     wait_until(lambda: _runs(log, task_id) == 1, "the run to be logged", log=log)
     assert broker_db.llen(IN_FLIGHT) == 0

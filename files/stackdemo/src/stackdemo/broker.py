@@ -379,18 +379,18 @@ class Channel(kombu_redis.Channel):
             client.transaction(copy, unacked_key)
         log.error("Moved rejected message %s to %s", delivery_tag, DEAD_LETTER_KEY)
 
-    def restore_orphans(self, queues: Iterable[str]) -> int:
-        """Requeue what this node held in flight or unacknowledged; returns how many."""
+    def restore_orphans(self, queues: Iterable[str]) -> tuple[int, int]:
+        """Requeue what this node held; returns (in flight, unacknowledged)."""
+        in_flight = 0
         with self.conn_or_acquire() as client:
-            moved = 0
             for name in self.queue_lists(queues):
                 # Back to the end BLMOVE/LMOVE take from: they were next anyway.
                 while client.lmove(self.in_flight_key(name), name, "RIGHT", "RIGHT"):
-                    moved += 1
+                    in_flight += 1
             tags = client.hkeys(self.unacked_key)
             for tag in tags:
                 self.qos.restore_by_tag(tag, client)
-        return moved + len(tags)
+        return in_flight, len(tags)
 
 
 class Transport(kombu_redis.Transport):

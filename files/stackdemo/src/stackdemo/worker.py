@@ -64,11 +64,12 @@ class RestoreOrphans(bootsteps.StartStopStep):
             return
         mark_live(consumer.connection.transport)
         queues = consumer.app.amqp.queues.consume_from or consumer.app.amqp.queues
-        restored = channel.restore_orphans(queues)
-        if restored:
+        in_flight, unacked = channel.restore_orphans(queues)
+        if in_flight or unacked:
             log.warning(
-                "Requeued %d message(s) left in flight or unacknowledged by %s",
-                restored,
+                "Requeued %d message(s) left in flight and %d unacked in %s",
+                in_flight,
+                unacked,
                 channel.unacked_key,
             )
 
