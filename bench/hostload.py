@@ -139,7 +139,8 @@ def run_direct(clients: int, seconds: float) -> dict:
     sent = 0
     while True:
         while len(outstanding) < clients and time.monotonic() < deadline:
-            outstanding.append((time.monotonic(), add.apply_async((sent, 1))))
+            # As the front sends: the workers declare the queues (the web user may not).
+            outstanding.append((time.monotonic(), add.apply_async((sent, 1), declare=[])))
             sent += 1
         if not outstanding:
             break

@@ -67,7 +67,9 @@ class Host:
         ]
 
     def run(self, command: str, **kwargs) -> str:
-        done = subprocess.run([*self.ssh, command], capture_output=True, text=True, check=True, **kwargs)
+        done = subprocess.run([*self.ssh, command], capture_output=True, text=True, **kwargs)
+        if done.returncode:
+            sys.exit(f"on {self.address}: {command}\n{done.stderr[-3000:]}")
         return done.stdout
 
     def put(self, local: Path, remote: str) -> None:
@@ -135,7 +137,7 @@ def p1_rerun(inventory: Path, runs: int) -> dict:
         check=True,
     ).stdout
     print(out, file=sys.stderr)
-    tasks = int(re.search(r"As many pings as site.yml ran tasks \((\d+)\)", out).group(1))
+    tasks = int(re.search(r"ok=(\d+)", out).group(1))
 
     def figure(label: str) -> dict:
         low, median, high = re.search(

@@ -226,6 +226,18 @@ class Channel(kombu_redis.Channel):
     def _get_client(self) -> Any:
         return functools.partial(_ScreeningRedis, screen=self._screen_popped)
 
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)
+        # kombu builds a client (and its table of some 200 reply callbacks)
+        # for every ack and every delivery; one per pool serves them all, as
+        # a client takes a connection from the pool for each command.
+        pool = self.pool
+        cached = self.__dict__.get("_pool_client")
+        if cached is None or cached.connection_pool is not pool:
+            cached = self.__dict__["_pool_client"] = super()._create_client()
+        return cached
+
     def in_flight_key(self, queue_list: str) -> str:
         return self.in_flight_key_prefix + queue_list
 
