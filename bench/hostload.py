@@ -276,6 +276,8 @@ def main() -> None:
         result = run_direct(args.clients, args.seconds)
     else:
         result = asyncio.run(run_waits(args.base, args.count, args.wait, args.web_pid))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    result["load_cpu_s"] = round(usage.ru_utime + usage.ru_stime, 2)
     print(json.dumps(result), flush=True)
 
 

@@ -32,14 +32,8 @@ REMOTE_DIR = "/root/stack-bench"
 CLIENTS = [1, 10, 50, 100, 200]
 SEED_CLIENTS = [1, 10, 50]
 WAITS = [1000, 5000, 10000]
-# Components whose CPU is read around each P2 run: name -> pattern of their command line.
-COMPONENTS = {
-    "web": r"stackdemo-web",
-    "worker main": r"celery .*worker .*-n default@",
-    "redis": r"redis-server|valkey-server",
-    "load": r"hostload\.py",
-    "seed front": r"seed_baseline\.py",
-}
+# Components whose CPU is read around each P2 run; the load generator reports its own.
+COMPONENTS = ["web", "worker main", "worker children", "redis", "journald", "seed front", "load"]
 
 
 class Host:
@@ -84,22 +78,41 @@ class Host:
         return json.loads(self.run(f"{VENV_PYTHON} {REMOTE_DIR}/hostload.py {argv}").splitlines()[-1])
 
     def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds used so far by each component (all its processes)."""
-        ticks = int(self.run("getconf CLK_TCK"))
+        """CPU seconds used so far by each component (exited worker children included)."""
         listing = self.run(
+            "getconf CLK_TCK; "
+            "systemctl show --property MainPID --value stackdemo-web@10001; "
+            "systemctl show --property MainPID --value celery-worker@default; "
             "for p in /proc/[0-9]*; do "
-            'printf "%s\\t%s\\n" "$(cut -d" " -f14,15 $p/stat 2>/dev/null)" '
-            '"$(tr "\\0" " " < $p/cmdline 2>/dev/null)"; done'
-        )
+            'printf "%s\\t%s\\n" "$(cat $p/stat 2>/dev/null)" "$(tr "\\0" " " < $p/cmdline 2>/dev/null)"; '
+            "done"
+        ).splitlines()
+        ticks, web_pid, worker_pid = (int(value) for value in listing[:3])
         used = dict.fromkeys(COMPONENTS, 0.0)
-        for line in listing.splitlines():
-            times, _, cmdline = line.partition("\t")
-            if len(times.split()) != 2:
+        for line in listing[3:]:
+            stat, _, cmdline = line.partition("\t")
+            if ")" not in stat:
                 continue
-            for name, pattern in COMPONENTS.items():
-                if re.search(pattern, cmdline):
-                    used[name] += sum(int(t) for t in times.split()) / ticks
-                    break
+            pid = int(stat.split()[0])
+            fields = stat.rsplit(")", 1)[1].split()
+            ppid = int(fields[1])
+            own, waited = (
+                (int(fields[11]) + int(fields[12])) / ticks,
+                (int(fields[13]) + int(fields[14])) / ticks,
+            )
+            if pid == web_pid:
+                used["web"] += own
+            elif pid == worker_pid:
+                used["worker main"] += own
+                used["worker children"] += waited
+            elif ppid == worker_pid:
+                used["worker children"] += own
+            elif re.search(r"redis-server|valkey-server", cmdline):
+                used["redis"] += own
+            elif "systemd-journald" in cmdline:
+                used["journald"] += own
+            elif "seed_baseline.py" in cmdline:
+                used["seed front"] += own
         return used
 
 
@@ -119,7 +132,8 @@ def machine(host: Host) -> dict:
         "kernel": platform.release(),
         "host_os": host.run(". /etc/os-release && echo $PRETTY_NAME").strip(),
         "redis": host.run(
-            "(redis-server --version || valkey-server --version) 2>/dev/null | head -1"
+            "(redis-server --version || valkey-server --version) 2>/dev/null"
+            " | sed -E 's/^(\\S+) server v=(\\S+).*/\\1 \\2/'"
         ).strip(),
         "python": host.run(f"{VENV_PYTHON} -V").strip(),
         "somaxconn": int(host.run("cat /proc/sys/net/core/somaxconn")),
@@ -164,7 +178,7 @@ def _env() -> dict:
     }
 
 
-def p2_throughput(host: Host, seconds: float, clients: list[int]) -> dict:
+def p2_throughput(host: Host, seconds: float, clients: list[int], kinds: set[str]) -> dict:
     front_url = f"http://{host.address}:10001/add?x=1&y=2"
     series: dict[str, list] = {"front": [], "direct": [], "seed": []}
 
@@ -172,6 +186,7 @@ def p2_throughput(host: Host, seconds: float, clients: list[int]) -> dict:
         before = host.cpu_seconds()
         row = host.load(*args)
         after = host.cpu_seconds()
+        after["load"] = row.pop("load_cpu_s")
         row["cpu_percent"] = {
             name: round(100 * (after[name] - before[name]) / row["seconds"], 1) for name in COMPONENTS
         }
@@ -179,8 +194,14 @@ def p2_throughput(host: Host, seconds: float, clients: list[int]) -> dict:
         return row
 
     for count in clients:
-        series["front"].append(measured("front", "http", front_url, "--clients", count, "--seconds", seconds))
-        series["direct"].append(measured("direct", "direct", "--clients", count, "--seconds", seconds))
+        if "front" in kinds:
+            series["front"].append(
+                measured("front", "http", front_url, "--clients", count, "--seconds", seconds)
+            )
+        if "direct" in kinds:
+            series["direct"].append(measured("direct", "direct", "--clients", count, "--seconds", seconds))
+    if "seed" not in kinds:
+        return series
     host.run(
         "systemctl reset-failed stack-bench-seed 2>/dev/null; "
         f"systemd-run --unit stack-bench-seed {VENV_PYTHON} {REMOTE_DIR}/seed_baseline.py {SEED_PORT} "
@@ -221,15 +242,28 @@ def main() -> None:
     parser.add_argument("--inventory", type=Path, default=ROOT / "inventory" / "lab")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     parser.add_argument("--quick", action="store_true", help="short runs: check the harness, not the stack")
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=["p1", "front", "direct", "seed", "p3"],
+        help="run these parts again and keep the other figures of --out",
+    )
     args = parser.parse_args()
+    parts = set(args.only or ["p1", "front", "direct", "seed", "p3"])
     host = Host(args.inventory)
     host.run(f"install -d -m 0700 {REMOTE_DIR}")
     for name in ("hostload.py", "seed_baseline.py"):
         host.put(ROOT / "bench" / name, f"{REMOTE_DIR}/{name}")
-    results = {"machine": machine(host)}
-    results["p1"] = p1_rerun(args.inventory, 1 if args.quick else 3)
-    results["p2"] = p2_throughput(host, 3 if args.quick else 15, [1, 10] if args.quick else CLIENTS)
-    results["p3"] = p3_waits(host, [500] if args.quick else WAITS)
+    results = json.loads(args.out.read_text()) if args.only and args.out.exists() else {}
+    results["machine"] = machine(host)
+    if "p1" in parts:
+        results["p1"] = p1_rerun(args.inventory, 1 if args.quick else 3)
+    kinds = parts & {"front", "direct", "seed"}
+    if kinds:
+        p2 = p2_throughput(host, 3 if args.quick else 15, [1, 10] if args.quick else CLIENTS, kinds)
+        results.setdefault("p2", {}).update({kind: p2[kind] for kind in kinds})
+    if "p3" in parts:
+        results["p3"] = p3_waits(host, [500] if args.quick else WAITS)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}", file=sys.stderr)
 

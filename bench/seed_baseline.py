@@ -22,7 +22,8 @@ class AddHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         x = float(self.get_query_argument("x"))
         y = float(self.get_query_argument("y"))
-        self.write({"result": add.apply_async((x, y)).get(timeout=30)})
+        # declare=[]: publish as the front does (the web user may not declare queues).
+        self.write({"result": add.apply_async((x, y), declare=[]).get(timeout=30)})
 
 
 if __name__ == "__main__":
