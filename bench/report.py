@@ -33,6 +33,8 @@ def _plot(path: Path, title: str, xlabel: str, ylabel: str, lines: list, log_y=F
     axes.set_ylabel(ylabel)
     if log_y:
         axes.set_yscale("log")
+    else:
+        axes.set_ylim(bottom=0)
     axes.grid(True, alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -101,9 +103,9 @@ def page(results: dict) -> str:
         "# Benchmarks",
         "",
         "Figures of one `make bench` run on a converged all-in-one lab (`make lab`); the page and",
-        "the plots are written by `bench/report.py` from `bench/results.json`. Throughput figures",
-        "are medians of nothing: each row is one run of the stated length, so compare shapes,",
-        "not the last digit.",
+        "the plots are written by `bench/report.py` from `bench/results.json`. Each P2 row is one",
+        "run of 15 s; on this shared machine the same row varies by up to a third from run to",
+        "run: compare shapes, not digits.",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel {m['kernel']},",
         f"no KVM; the lab host is a Podman container ({m['host_os']}, {m['redis']},",
