@@ -42,6 +42,10 @@ class Host:
     def __init__(self, inventory: Path) -> None:
         hosts = yaml.safe_load((inventory / "hosts.yml").read_text())["all"]
         name = next(iter(hosts["children"]["web"]["hosts"]))
+        groups = hosts["children"]
+        if any(name not in (groups[group]["hosts"] or {}) for group in ("redis", "celery_workers")):
+            # P3 stores results as a worker does and CPU is read per component on one host.
+            sys.exit(f"bench/run.py needs an all-in-one lab; {name} is not also a Redis and worker host")
         lab = hosts["children"]["lab"]
         self.address = lab["hosts"][name]["ansible_host"]
         key = inventory / ".secrets" / "lab-ssh-key"
