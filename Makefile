@@ -34,8 +34,8 @@ test: setup
 lint: setup
 	yamllint --strict .
 	ansible-lint
-	ruff check bench files plugins roles tests tools
-	ruff format --check bench files plugins roles tests tools
+	ruff check bench files playbooks plugins roles tests tools
+	ruff format --check bench files playbooks plugins roles tests tools
 	python tools/role_docs.py --check
 	ansible-playbook --syntax-check -i inventory/example site.yml
 
