@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
@@ -58,7 +58,10 @@ def _keepalive_options() -> dict[int, int]:
 
 def create_context(config: Config) -> Context:
     # Bounded pools: under load requests queue for a connection instead of
-    # opening one per request.
+    # opening one per request. Their commands only read (GET, PING, LLEN), so a
+    # command that meets a connection Redis closed (a restart leaves every
+    # pooled one dead) is sent again on a new one instead of failing a request.
+    reads_retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), 2)
     results = Redis(
         connection_pool=BlockingConnectionPool.from_url(
             config.result_backend,
@@ -66,6 +69,7 @@ def create_context(config: Config) -> Context:
             timeout=10,
             socket_connect_timeout=5,
             socket_timeout=10,
+            retry=reads_retry,
         )
     )
     # Blocks in a read until a message comes, hence no socket timeout; no
@@ -86,6 +90,7 @@ def create_context(config: Config) -> Context:
             timeout=5,
             socket_connect_timeout=5,
             socket_timeout=5,
+            retry=reads_retry,
         )
     )
     waiter = ResultWaiter(results, subscriber)
