@@ -67,7 +67,7 @@ def test_web_processes_are_enabled_and_listening(web_hosts, inventory):
         if wanted is not None:
             assert fact["ports"] == wanted
         assert fact["ports"] and len(fact["units"]) == len(fact["ports"])
-        for unit in fact["units"]:
+        for unit in fact["units"] + fact["sockets"]:
             service = host.service(unit)
             assert service.is_enabled
             assert service.is_running

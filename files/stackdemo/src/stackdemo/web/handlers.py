@@ -90,10 +90,28 @@ class BaseHandler(RequestHandler):
             log.warning("reading the result of %s failed: %r", task_id, exc)
             raise ApiError(503, "the result backend is unavailable") from exc
 
-    async def await_result(self, task_id: str, timeout: float) -> dict | None:
+    async def await_result(
+        self, task_id: str, timeout: float, until_stopping: bool = False
+    ) -> dict | None:
+        """The task's final meta; None on timeout, or when the process stops
+        while ``until_stopping`` waits are still open."""
         self.ctx.metrics.waits_in_flight += 1
         try:
-            return await self.ctx.waiter.wait(task_id, timeout)
+            wait = asyncio.ensure_future(self.ctx.waiter.wait(task_id, timeout))
+            if not until_stopping:
+                return await wait
+            stopping = asyncio.ensure_future(self.ctx.stopping.wait())
+            try:
+                await asyncio.wait(
+                    (wait, stopping), return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                stopping.cancel()
+            if not wait.done():
+                wait.cancel()
+                await asyncio.gather(wait, return_exceptions=True)
+                return None
+            return wait.result()
         finally:
             self.ctx.metrics.waits_in_flight -= 1
 
@@ -190,8 +208,13 @@ class TaskHandler(BaseHandler):
         if wait is None or ready:
             self.send_json(200, describe(task_id, meta))
             return
-        final = await self.await_result(task_id, wait)
-        if final is None:
+        # A long poll is cut short when the process stops, so that a restart
+        # is not held up by it: the client gets the state so far and asks
+        # again, on a new connection, of the next process.
+        final = await self.await_result(task_id, wait, until_stopping=True)
+        if final is None and self.ctx.stopping.is_set():
+            self.send_json(200, describe(task_id, await self.read_meta(task_id)))
+        elif final is None:
             body = describe(task_id, meta)
             body["error"] = f"task not finished within {wait} s"
             self.send_json(504, body)

@@ -3,9 +3,10 @@
 import asyncio
 import errno
 import logging
+import os
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -38,6 +39,8 @@ class Context:
     broker: Redis
     metrics: Metrics
     in_flight: int = 0
+    # Set on SIGTERM: long polls answer at once, responses close their connection.
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def close(self) -> None:
         await self.waiter.close()
@@ -144,6 +147,30 @@ def default_backlog(path: str = "/proc/sys/net/core/somaxconn") -> int:
         return 128
 
 
+SD_LISTEN_FDS_START = 3
+
+
+def inherited_sockets() -> list[socket.socket]:
+    """Listening sockets systemd passed to this process (socket activation).
+
+    The socket unit owns the listening socket: while this process restarts,
+    the kernel keeps queueing connections on it and the next process accepts
+    them, so a restart refuses no client.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    # Not for our children: they are not the process systemd meant.
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    sockets = []
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        sockets.append(sock)
+    return sockets
+
+
 async def serve(
     config: Config, address: str, port: int, backlog: int | None = None
 ) -> None:
@@ -154,15 +181,32 @@ async def serve(
         # a JSON 413 from the handler; beyond this Tornado drops the
         # connection before buffering more.
         server = HTTPServer(make_app(ctx), max_body_size=2 * config.web.max_body_bytes)
-        backlog = backlog or default_backlog()
-        await listen_when_address_is_up(server, port, address, backlog)
-        log.info("listening on %s:%d (backlog %d)", address, port, backlog)
+        sockets = inherited_sockets()
+        if sockets:
+            server.add_sockets(sockets)
+            for sock in sockets:
+                log.info("listening on %s (socket from systemd)", _where(sock))
+        else:
+            backlog = backlog or default_backlog()
+            await listen_when_address_is_up(server, port, address, backlog)
+            log.info("listening on %s:%d (backlog %d)", address, port, backlog)
         await _until_signalled()
         log.info("stopping; draining %d request(s)", ctx.in_flight)
+        ctx.stopping.set()
+        # Clients on a kept-alive connection move to a new one, which the
+        # next process accepts.
+        server.conn_params.no_keep_alive = True
         server.stop()
         await _drain(ctx, config.web.max_wait_seconds + 5)
     finally:
         await ctx.close()
+
+
+def _where(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    return f"{name[0]}:{name[1]}" if isinstance(name, tuple) else str(name)
 
 
 async def listen_when_address_is_up(
