@@ -1,6 +1,7 @@
 """The Redis port on a real kernel: the allowed client gets in with its credentials, others are dropped.
 
-vm1 enforces this with nftables, vm3 with iptables; each must carry its own backend's rules only.
+Each Redis VM enforces this with the backend its inventory asks for (vm1: nftables), and carries
+that backend's rules only.
 """
 
 import re
