@@ -24,11 +24,12 @@ lab: image
 lab-destroy: setup
 	ansible-playbook -i inventory/$(LAB) playbooks/lab/destroy.yml
 
-# Every test: linters, the app's unit tests, every Molecule scenario. The kernel scenario's VM
-# disk builds in the background meanwhile (it mostly waits on the mirror); the scenario's create
-# step waits for that build to finish (the build holds a lock) or builds it itself.
+# Every test: linters, the app's unit tests, every Molecule scenario. The lab image and the kernel
+# scenario's VM disk build in the background meanwhile (both mostly wait on the mirror); whoever
+# needs one waits for its build to finish (each build holds a lock) or builds it itself.
 test: setup
-	mkdir -p .cache && { tools/build-vm-image.sh > .cache/build-vm-image.log 2>&1 & }
+	mkdir -p .cache && { tools/build-image.sh > .cache/build-image.log 2>&1 & }
+	{ tools/build-vm-image.sh > .cache/build-vm-image.log 2>&1 & }
 	$(MAKE) lint unit molecule
 
 lint: setup
@@ -42,7 +43,7 @@ lint: setup
 # The app against a real redis-server and workers; every role's input validation.
 unit: setup
 	cd files/stackdemo && ../../$(BIN)/python -m pytest -q
-	python -m pytest -q tests/unit tests/validation
+	python -m pytest -q -n 2 tests/unit tests/validation
 
 # Every scenario this machine can run; one with `make molecule SCENARIO=cluster`.
 # rocky9 needs a registry to pull its image from: `make molecule SCENARIO=rocky9` where one is.

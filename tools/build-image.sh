@@ -8,6 +8,10 @@ name=${LAB_IMAGE_NAME:-localhost/stacklab-debian12}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 tag=$(sha256sum "$0" | cut -c1-12)
 
+# `make test` starts a build in the background while the linters run; a second caller waits for
+# it and then finds the image.
+exec 9>/var/tmp/stacklab-image.lock
+flock -w 1800 9
 if podman image exists "$name:$tag"; then
   podman tag "$name:$tag" "$name:latest"
   exit 0
