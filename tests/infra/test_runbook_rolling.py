@@ -3,13 +3,15 @@
 import http.client
 import itertools
 import json
+import shutil
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from stackcheck import web_fact
-from test_runbooks import recap_changed, runbook
+from test_runbooks import PROJECT, recap_changed, runbook
 
 
 class FrontLoad:
@@ -82,24 +84,58 @@ def two_web_hosts(web_hosts):
     return web_hosts
 
 
-def test_rolling_restart_of_workers_and_web_fails_no_request(two_web_hosts, worker_hosts):
+def _release(host):
+    return host.file("/opt/stackdemo/venv/INSTALLED").content_string
+
+
+def _new_release(tmp_path):
+    """The app's source with one comment more: a new release, as an operator's next commit."""
+    source = tmp_path / "stackdemo"
+    shutil.copytree(
+        Path(PROJECT) / "files" / "stackdemo", source, ignore=shutil.ignore_patterns("tests", "*cache*")
+    )
+    init = source / "src" / "stackdemo" / "__init__.py"
+    init.write_text(init.read_text() + f"# release rolled out by a test at {time.time()}\n")
+    return source
+
+
+def test_rolling_restart_then_upgrade_fail_no_request(two_web_hosts, worker_hosts, tmp_path):
+    app_hosts = list({host.inventory_name: host for host in [*worker_hosts, *two_web_hosts]}.values())
     web_units = {host: web_fact(host)["units"] for host in two_web_hosts}
     pool_units = {
         host: json.loads(host.file("/etc/ansible/facts.d/stack_celery_worker.fact").content_string)["units"]
         for host in worker_hosts
     }
-    before = {host: _main_pids(host, units) for host, units in {**web_units, **pool_units}.items()}
+    units = {**web_units, **pool_units}
+    before = {host: _main_pids(host, host_units) for host, host_units in units.items()}
+    releases = {host: _release(host) for host in app_hosts}
     with FrontLoad(_endpoints(two_web_hosts)) as load:
         load.wait_for_answers(30)
-        run = runbook("rolling-restart.yml", "-e", "rolling_restart_tiers=workers,web")
+        restart = runbook("rolling-restart.yml", "-e", "rolling_restart_tiers=workers,web")
         load.wait_for_answers(30)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        restarted = {host: _main_pids(host, host_units) for host, host_units in units.items()}
+        upgrade = runbook("upgrade.yml", "-e", f"stackdemo_app_source={_new_release(tmp_path)}")
+        load.wait_for_answers(30)
+    for run in (restart, upgrade):
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert load.outcomes["failed"] == 0, (load.outcomes, load.failures[:10])
+    upgraded = {host: _main_pids(host, host_units) for host, host_units in units.items()}
     for host, pids in before.items():
-        after = _main_pids(host, pids)
-        assert all(after[unit] != pid and after[unit] != "0" for unit, pid in pids.items()), (pids, after)
-    # One host at a time: the play recap lists each host once per tier, in batches of one.
-    assert run.stdout.count("TASK [tornado_web : Restart each port's process in turn]") == len(two_web_hosts)
+        for unit, pid in pids.items():
+            assert pid != restarted[host][unit] != upgraded[host][unit] != "0", (
+                unit,
+                pid,
+                restarted,
+                upgraded,
+            )
+    assert all(_release(host) != release for host, release in releases.items())
+    # One host at a time: each batch of one host announces its own task header.
+    assert restart.stdout.count("TASK [tornado_web : Restart each port's process in turn]") == len(
+        two_web_hosts
+    )
+    assert upgrade.stdout.count("TASK [stackdemo_app : Ensure this release of the app is installed]") == len(
+        app_hosts
+    )
 
 
 def test_rolling_restart_refuses_an_unknown_tier():
