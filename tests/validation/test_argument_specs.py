@@ -21,6 +21,13 @@ CASES = [
     ("redis", {"redis_acl_queues": ["celery", "*"]}, "redis_acl_queues"),
     ("redis", {"stack_redis_web_user": "celery-web ~* +@all"}, "stack_redis_web_user"),
     ("redis", {"stack_redis_worker_user": "stack-admin"}, "must differ"),
+    # An extra hash becomes "#HASH" on a user's line of users.acl: anything else would add rules.
+    (
+        "redis",
+        {"redis_acl_extra_password_hashes": {"celery-worker": ["0" * 64 + " ~* +@all"]}},
+        "redis_acl_extra_password_hashes",
+    ),
+    ("redis", {"redis_acl_extra_password_hashes": {"nobody": ["0" * 64]}}, "redis_acl_extra_password_hashes"),
     ("celery_worker", {"stack_redis_broker_db": 16}, "stack_redis_broker_db"),
     ("celery_worker", {"stack_celery_default_queue": "cel*"}, "stack_celery_default_queue"),
     ("tornado_web", {"stack_redis_port": 70000}, "stack_redis_port"),

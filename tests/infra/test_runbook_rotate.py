@@ -1,0 +1,212 @@
+"""The password rotation runbook (playbooks/ops/rotate-passwords.yml) under a steady load.
+
+A load of clients submits tasks through the front while a tier's Redis password is rotated to a
+temporary one, then back to the inventory's (so the stack is left as the inventory says). Every
+task the front accepted must reach SUCCESS with the right result; requests the front failed are
+counted. A watcher reads the rotated user's passwords in Redis and in users.acl meanwhile: both
+the old and the new one must have been accepted at the same time.
+
+Run by the cluster scenario only (Redis, workers and web on their own hosts): the rotation
+restarts a tier's processes, which on an all-in-one host share it with Redis; elsewhere it skips.
+"""
+
+import hashlib
+import json
+import os
+import secrets
+import sys
+import threading
+import time
+
+import pytest
+from stackcheck import redis_cli, web_fact
+from test_runbooks import recap_changed, runbook
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "chaos"))
+from chaos import Load, Stack  # noqa: E402  (the chaos suite's load)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def separate_hosts(inventory):
+    """Skip unless Redis has a host of its own, apart from the worker and web hosts."""
+    redis = set(inventory.get_hosts("redis"))
+    clients = set(inventory.get_hosts("celery_workers")) | set(inventory.get_hosts("web"))
+    if redis & clients:
+        pytest.skip("the rotation is tested where Redis, workers and web are on separate hosts (cluster)")
+
+
+class RotationLoad(Load):
+    """The chaos suite's load, with a prober as patient as its awaited clients (45 s): a probe
+    fails on an error or no answer, and the slowest answer is timed (pools restarting delay it)."""
+
+    slowest = 0.0
+
+    def _probe_loop(self):
+        while not self.stop.is_set():
+            started = time.monotonic()
+            try:
+                status, body = self.stack.request("GET", "/add?x=1&y=1", timeout=45)
+                ok = status == 200 and json.loads(body).get("result") == 2
+            except (OSError, ValueError):
+                ok = False
+            self.slowest = max(self.slowest, time.monotonic() - started)
+            (self.probe_successes if ok else self.probe_failures).append(started)
+            time.sleep(0.5)
+
+
+def _read(host, path):
+    return json.loads(host.file(path).content_string)
+
+
+def _hash(password):
+    return hashlib.sha256(password.encode()).hexdigest()
+
+
+class Rotation:
+    """One tier's rotation: run the runbook under load, tally the requests and the tasks."""
+
+    def __init__(self, tier, user, redis_host, admin, client_host, config):
+        self.tier, self.user, self.redis_host, self.admin = tier, user, redis_host, admin
+        # The endpoint only: the password in it is the one being rotated.
+        client_config = _read(client_host, config)
+        self.url, self.backend_url = client_config["broker_url"], client_config["result_backend"]
+
+    def hashes_live(self):
+        admin_user, admin_password = self.admin
+        result = redis_cli(
+            self.redis_host, self.url, "ACL", "GETUSER", self.user, user=admin_user, password=admin_password
+        )
+        lines = result.stdout.split()
+        return lines[lines.index("passwords") + 1 : lines.index("commands")]
+
+    def hashes_on_disk(self):
+        fact = json.loads(self.redis_host.file("/etc/ansible/facts.d/stack_redis.fact").content_string)
+        conf_dir = "/etc/valkey" if fact["flavor"] == "valkey" else "/etc/redis"
+        line = self.redis_host.check_output(f"grep '^user {self.user} ' {conf_dir}/users.acl")
+        return [word[1:] for word in line.split() if word.startswith("#")]
+
+    def run(self, stack, *extra):
+        """The runbook under load: (run, tasks' outcome, failed requests, most hashes seen at once)."""
+        seen = {"live": 0, "disk": 0}
+        done = threading.Event()
+
+        def watch():
+            while not done.is_set():
+                try:
+                    seen["live"] = max(seen["live"], len(self.hashes_live()))
+                    seen["disk"] = max(seen["disk"], len(self.hashes_on_disk()))
+                except (AssertionError, ValueError):  # a read cut short: the next one counts
+                    pass
+                time.sleep(0.5)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        with RotationLoad(stack, clients=2, pause=0.2) as load:
+            time.sleep(1)
+            watcher.start()
+            started = time.monotonic()
+            run = runbook("rotate-passwords.yml", "-e", f"rotate_tier={self.tier}", *extra)
+            seconds = time.monotonic() - started
+            done.set()
+            watcher.join(10)
+            time.sleep(1)
+        assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
+        outcome = self.settle(load.accepted)
+        failed = load.refused + len(load.probe_failures)
+        print(
+            f"rotate {self.tier}: {seconds:.0f} s, {load.sent} sent, {len(load.accepted)} accepted, "
+            f"{outcome['finished']} finished, {len(outcome['lost'])} lost, {failed} failed requests "
+            f"({load.refused} refused, {len(load.probe_failures)} failed probes; "
+            f"slowest /add {load.slowest:.1f} s), "
+            f"at most {seen['live']} password(s) live, {seen['disk']} in users.acl"
+        )
+        return run, outcome, failed, seen
+
+    def settle(self, accepted, bound=120):
+        """Wait until every accepted task has a result: finished, lost (none after `bound` s), wrong.
+
+        Results are read from the result backend, 500 at a time (one MGET each), not one
+        request per task through the front.
+        """
+        pending, wrong = dict(accepted), []
+        admin_user, admin_password = self.admin
+        deadline = time.monotonic() + bound
+        while pending and time.monotonic() < deadline:
+            ids = list(pending)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                keys = [f"celery-task-meta-{task_id}" for task_id in chunk]
+                result = redis_cli(
+                    self.redis_host,
+                    self.backend_url,
+                    "--json",
+                    "MGET",
+                    *keys,
+                    user=admin_user,
+                    password=admin_password,
+                )
+                for task_id, raw in zip(chunk, json.loads(result.stdout), strict=True):
+                    meta = json.loads(raw) if raw else {}
+                    if meta.get("status") == "SUCCESS":
+                        if meta.get("result") != pending[task_id]:
+                            wrong.append(task_id)
+                        del pending[task_id]
+            if pending:
+                time.sleep(1)
+        return {"finished": len(accepted) - len(pending), "lost": sorted(pending), "wrong": wrong}
+
+    def login(self, password):
+        # From the Redis host: client hosts have no redis-cli.
+        return redis_cli(self.redis_host, self.url, "PING", user=self.user, password=password).stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def stack(web_hosts):
+    fact = web_fact(web_hosts[0])
+    return Stack({"web": f"http://{fact['address']}:{fact['ports'][0]}"})
+
+
+def _rotation(tier, group, redis_host, admin, secrets_dir, redis_fact):
+    with open(os.path.join(secrets_dir, f"redis-{tier}")) as secret:
+        inventory_password = secret.read().strip()
+    user = redis_fact["users"][tier]
+    config = "/etc/stackdemo/worker.json" if tier == "worker" else "/etc/stackdemo/web.json"
+    client = group("celery_workers" if tier == "worker" else "web")[0]
+    return Rotation(tier, user, redis_host, admin, client, config), inventory_password
+
+
+def _rotate_and_back(rotation, inventory_password, stack):
+    """To a temporary password and back to the inventory's: the two outcomes and failed counts."""
+    temporary = secrets.token_hex(16)
+    there = rotation.run(stack, "-e", json.dumps({f"stack_redis_{rotation.tier}_password": temporary}))
+    try:
+        assert rotation.login(temporary) == "PONG"
+        assert rotation.login(inventory_password) != "PONG"
+        assert rotation.hashes_live() == [_hash(temporary)]
+        assert rotation.hashes_on_disk() == [_hash(temporary)]
+    finally:
+        back = rotation.run(stack)
+    assert rotation.login(inventory_password) == "PONG"
+    assert rotation.login(temporary) != "PONG"
+    assert rotation.hashes_live() == rotation.hashes_on_disk() == [_hash(inventory_password)]
+    for run, outcome, _, seen in (there, back):
+        assert temporary not in run.stdout + run.stderr and inventory_password not in run.stdout + run.stderr
+        # Both passwords were accepted at once, live and on disk, then only the new one.
+        assert seen == {"live": 2, "disk": 2}
+        assert recap_changed(run.stdout) > 0
+        assert outcome["finished"] > 0
+        assert not outcome["lost"] and not outcome["wrong"], outcome
+    return there[2] + back[2]
+
+
+def test_rotating_the_worker_password_loses_no_task_and_fails_no_request(
+    stack, group, redis_host, admin, secrets_dir, redis_fact
+):
+    rotation, inventory_password = _rotation("worker", group, redis_host, admin, secrets_dir, redis_fact)
+    assert _rotate_and_back(rotation, inventory_password, stack) == 0
+
+
+def test_rotating_the_web_password_loses_no_task(stack, group, redis_host, admin, secrets_dir, redis_fact):
+    rotation, inventory_password = _rotation("web", group, redis_host, admin, secrets_dir, redis_fact)
+    failed = _rotate_and_back(rotation, inventory_password, stack)
+    # Web processes restart in turn; a port may refuse connections for a moment meanwhile.
+    print(f"rotate web (there and back): {failed} failed requests")
