@@ -18,6 +18,7 @@ CASES = [
     ("redis", {"redis_bind_addresses": ["0.0.0.0"]}, "redis_bind_addresses"),
     ("redis", {"stack_redis_web_password": "short"}, "stack_redis_web_password"),
     ("redis", {"redis_flavor": "keydb"}, "redis_flavor"),
+    ("redis", {"redis_package_state": "newest"}, "redis_package_state"),
     ("redis", {"redis_acl_queues": ["celery", "*"]}, "redis_acl_queues"),
     ("redis", {"stack_redis_web_user": "celery-web ~* +@all"}, "stack_redis_web_user"),
     ("redis", {"stack_redis_worker_user": "stack-admin"}, "must differ"),
