@@ -114,10 +114,13 @@ class Stack:
 class Load:
     """Clients submitting add(i, 1), and a prober timing the gaps in /add."""
 
-    def __init__(self, stack: Stack, clients: int = 4, pause: float = 0.1) -> None:
+    def __init__(self, stack: Stack, clients: int = 4, pause: float = 0.1, probe_timeout: float = 10) -> None:
         self.stack = stack
         self.clients = clients
         self.pause = pause
+        # A probe unanswered within this counts as a gap; the slowest answer is kept.
+        self.probe_timeout = probe_timeout
+        self.slowest_probe = 0.0
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.accepted: dict[str, int] = {}
@@ -172,10 +175,11 @@ class Load:
         while not self.stop.is_set():
             started = time.monotonic()
             try:
-                status, body = self.stack.request("GET", "/add?x=1&y=1", timeout=10)
+                status, body = self.stack.request("GET", "/add?x=1&y=1", timeout=self.probe_timeout)
                 ok = status == 200 and json.loads(body).get("result") == 2
             except (OSError, ValueError):
                 ok = False
+            self.slowest_probe = max(self.slowest_probe, time.monotonic() - started)
             (self.probe_successes if ok else self.probe_failures).append(started)
             time.sleep(0.5)
 

@@ -35,25 +35,6 @@ def separate_hosts(inventory):
         pytest.skip("the rotation is tested where Redis, workers and web are on separate hosts (cluster)")
 
 
-class RotationLoad(Load):
-    """The chaos suite's load, with a prober as patient as its awaited clients (45 s): a probe
-    fails on an error or no answer, and the slowest answer is timed (pools restarting delay it)."""
-
-    slowest = 0.0
-
-    def _probe_loop(self):
-        while not self.stop.is_set():
-            started = time.monotonic()
-            try:
-                status, body = self.stack.request("GET", "/add?x=1&y=1", timeout=45)
-                ok = status == 200 and json.loads(body).get("result") == 2
-            except (OSError, ValueError):
-                ok = False
-            self.slowest = max(self.slowest, time.monotonic() - started)
-            (self.probe_successes if ok else self.probe_failures).append(started)
-            time.sleep(0.5)
-
-
 def _read(host, path):
     return json.loads(host.file(path).content_string)
 
@@ -100,7 +81,8 @@ class Rotation:
                 time.sleep(0.5)
 
         watcher = threading.Thread(target=watch, daemon=True)
-        with RotationLoad(stack, clients=2, pause=0.2) as load:
+        # A prober as patient as an awaited client: pools restarting delay answers, not fail them.
+        with Load(stack, clients=2, pause=0.2, probe_timeout=45) as load:
             time.sleep(1)
             watcher.start()
             started = time.monotonic()
@@ -116,7 +98,7 @@ class Rotation:
             f"rotate {self.tier}: {seconds:.0f} s, {load.sent} sent, {len(load.accepted)} accepted, "
             f"{outcome['finished']} finished, {len(outcome['lost'])} lost, {failed} failed requests "
             f"({load.refused} refused, {len(load.probe_failures)} failed probes; "
-            f"slowest /add {load.slowest:.1f} s), "
+            f"slowest /add {load.slowest_probe:.1f} s), "
             f"at most {seen['live']} password(s) live, {seen['disk']} in users.acl"
         )
         return run, outcome, failed, seen
