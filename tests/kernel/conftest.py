@@ -1,7 +1,8 @@
 """Testinfra fixtures for molecule/kernel: QEMU VMs reached by SSH on loopback-forwarded ports.
 
 Hosts are found by inventory group: every test taking `redis_vm` runs once per host of group
-`redis` (vm1; a `firewall_backend` in host_vars picks the backend), `client_vm` is the first `celery_workers` host.
+`redis` (vm1; a `firewall_backend` in host_vars picks the backend), `client_vm` is the first
+`celery_workers` host.
 Each test expects the firewall backend its Redis host's inventory asks for, and compares boot
 ids with those the scenario's reboot side effect recorded, so every verify pass (before and
 after the reboot) runs the same tests.
