@@ -187,8 +187,9 @@ def test_rotating_the_worker_password_loses_no_task_and_fails_no_request(
     assert _rotate_and_back(rotation, inventory_password, stack) == 0
 
 
-def test_rotating_the_web_password_loses_no_task(stack, group, redis_host, admin, secrets_dir, redis_fact):
+def test_rotating_the_web_password_loses_no_task_and_fails_no_request(
+    stack, group, redis_host, admin, secrets_dir, redis_fact
+):
     rotation, inventory_password = _rotation("web", group, redis_host, admin, secrets_dir, redis_fact)
-    failed = _rotate_and_back(rotation, inventory_password, stack)
-    # Web processes restart in turn; a port may refuse connections for a moment meanwhile.
-    print(f"rotate web (there and back): {failed} failed requests")
+    # Web processes restart in turn behind sockets that keep accepting.
+    assert _rotate_and_back(rotation, inventory_password, stack) == 0
