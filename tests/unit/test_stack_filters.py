@@ -33,6 +33,18 @@ def test_credentials_survive_a_round_trip_through_the_url(password):
     assert (parts.hostname, parts.port, parts.path) == ("redis.example.net", 6379, "/2")
 
 
+def test_urls_of_several_sentinels_in_celerys_syntax():
+    urls = filters.redis_url(["10.0.0.1", "fd00::2"], 26379, "celery-web", "p;w", 1, "sentinel")
+    first, second = urls.split(";")
+    assert first == "sentinel://celery-web:p%3Bw@10.0.0.1:26379/1"
+    assert second == "sentinel://celery-web:p%3Bw@[fd00::2]:26379/1"
+
+
+def test_url_refuses_an_empty_list_of_hosts():
+    with pytest.raises(ValueError, match="empty"):
+        filters.redis_url([], 26379, "u", "p", 0, "sentinel")
+
+
 def test_url_without_credentials():
     assert filters.redis_url("127.0.0.1", 6379, "", "", 0) == "redis://127.0.0.1:6379/0"
 

@@ -29,6 +29,13 @@ CASES = [
         "redis_acl_extra_password_hashes",
     ),
     ("redis", {"redis_acl_extra_password_hashes": {"nobody": ["0" * 64]}}, "redis_acl_extra_password_hashes"),
+    # One redis host with a Sentinel: nothing to fail over to.
+    ("redis", {"stack_redis_sentinel_hosts": ["localhost"]}, "redis_sentinel"),
+    ("redis_sentinel", {"redis_sentinel_flavor": "keydb"}, "redis_sentinel_flavor"),
+    ("redis_sentinel", {"redis_sentinel_bind_addresses": ["0.0.0.0"]}, "redis_sentinel_bind_addresses"),
+    ("redis_sentinel", {"redis_sentinel_announce_ip": "sentinel.example.net"}, "redis_sentinel_announce_ip"),
+    ("redis_sentinel", {"redis_sentinel_down_after_ms": 0}, "redis_sentinel_down_after_ms"),
+    ("redis_sentinel", {"redis_sentinel_quorum": 1}, "redis_sentinel_quorum"),
     ("celery_worker", {"stack_redis_broker_db": 16}, "stack_redis_broker_db"),
     ("celery_worker", {"stack_celery_default_queue": "cel*"}, "stack_celery_default_queue"),
     ("tornado_web", {"stack_redis_port": 70000}, "stack_redis_port"),

@@ -6,11 +6,18 @@ directly and check the same code the roles run.
 
 from urllib.parse import quote
 
-_URL_SCHEMES = ("redis", "rediss")
+_URL_SCHEMES = ("redis", "rediss", "sentinel")
 
 
 def redis_url(host, port, user, password, db, scheme="redis"):
-    """redis://user:password@host:port/db with credentials percent-encoded, IPv6 in brackets."""
+    """redis://user:password@host:port/db with credentials percent-encoded, IPv6 in brackets.
+
+    A list of hosts gives one URL each, joined by ';' (Celery's syntax for several Sentinels).
+    """
+    if isinstance(host, (list, tuple)):
+        if not host:
+            raise ValueError("redis_url: the list of hosts is empty")
+        return ";".join(redis_url(item, port, user, password, db, scheme) for item in host)
     if scheme not in _URL_SCHEMES:
         raise ValueError(f"redis_url: scheme must be one of {_URL_SCHEMES}, got {scheme!r}")
     port, db = int(port), int(db)
