@@ -87,10 +87,11 @@ class Stack:
         return result.stdout
 
     def units(self) -> list[str]:
+        # The Redis unit when it runs on this host (an all-in-one host).
+        redis = f" '{self.spec['redis_service']}.service'" if self.spec.get("redis_service") else ""
         out = self.ssh(
             "systemctl list-units --plain --no-legend --all "
-            "'celery-worker@*' 'celery-beat.service' 'stackdemo-web@*' "
-            f"'{self.spec['redis_service']}.service'"
+            f"'celery-worker@*' 'celery-beat.service' 'stackdemo-web@*'{redis}"
         )
         return [line.split()[0] for line in out.splitlines() if line.strip()]
 

@@ -10,9 +10,11 @@ facts the roles record under /etc/ansible/facts.d, never from literals.
 
 import json
 import os
+import sys
 
 import pytest
 import testinfra
+from stackcheck import direct_config, redis_endpoint
 from testinfra.utils.ansible_runner import AnsibleRunner
 
 
@@ -34,12 +36,23 @@ def _host_of(inventory, name):
     variables = inventory.get_variables(name)
     if variables.get("ansible_connection", "ssh").endswith("podman"):
         return testinfra.get_host(f"podman://{name}")
+    user, address, key = ssh_target(inventory, name)
+    return testinfra.get_host(f"ssh://{user}@{address}", ssh_identity_file=key, ssh_extra_args=SSH_OPTIONS)
+
+
+def ssh_target(inventory, name):
+    """(user, address, private key) Ansible reaches a host with."""
+    variables = inventory.get_variables(name)
     key = variables.get("ansible_ssh_private_key_file") or variables.get("ansible_private_key_file")
     # The lab inventory names its key relative to itself; Molecule's names an absolute path.
     key = key.replace("{{ inventory_dir }}", os.path.dirname(os.path.abspath(inventory.inventory_file)))
-    user = variables.get("ansible_user", "root")
-    address = variables.get("ansible_host", name)
-    return testinfra.get_host(f"ssh://{user}@{address}", ssh_identity_file=key, ssh_extra_args=SSH_OPTIONS)
+    return variables.get("ansible_user", "root"), variables.get("ansible_host", name), key
+
+
+def ssh_argv(inventory, name):
+    """An ssh command line to a host, for tools that run commands themselves."""
+    user, address, key = ssh_target(inventory, name)
+    return ["ssh", "-i", key, *SSH_OPTIONS.split(), f"{user}@{address}"]
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +69,16 @@ def group(inventory):
 
 
 @pytest.fixture(scope="session")
-def redis_host(group):
-    return group("redis")[0]
+def redis_host(group, inventory, worker_hosts, worker_config):
+    """The Redis primary: the one redis host, or the one the Sentinels name."""
+    hosts = group("redis")
+    if len(hosts) == 1:
+        return hosts[0]
+    address = redis_endpoint(worker_config["broker_url"])[0]
+    for host in hosts:
+        if service_address(inventory, host, host.inventory_name) == address:
+            return host
+    raise AssertionError(f"the primary {address} is no redis host of the inventory")
 
 
 @pytest.fixture(scope="session")
@@ -76,13 +97,14 @@ def read_json(host, path):
 
 @pytest.fixture(scope="session")
 def web_config(web_hosts):
-    """The web front's rendered config: the address and credentials the stack really uses."""
-    return read_json(web_hosts[0], "/etc/stackdemo/web.json")
+    """The web front's rendered config: the credentials the stack really uses, its URLs pointing
+    at the current primary (sentinel:// URLs are resolved through the Sentinels)."""
+    return direct_config(web_hosts[0], read_json(web_hosts[0], "/etc/stackdemo/web.json"))
 
 
 @pytest.fixture(scope="session")
 def worker_config(worker_hosts):
-    return read_json(worker_hosts[0], "/etc/stackdemo/worker.json")
+    return direct_config(worker_hosts[0], read_json(worker_hosts[0], "/etc/stackdemo/worker.json"))
 
 
 @pytest.fixture(scope="session")
@@ -128,3 +150,21 @@ def service_address(inventory, host, name):
     if address:
         return address
     return host.check_output("ip -4 -o route get 192.0.2.1 | sed -n 's/.* src \\([0-9.]*\\).*/\\1/p'")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "disruptive: fails the Redis primary over; runs after the others")
+
+
+def pytest_collection_modifyitems(items):
+    # The failover faults change which host is primary: every other test runs before them.
+    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+
+
+def pytest_terminal_summary(terminalreporter):
+    # The failover figures belong in every log, passing or not: they are what the HA tests measure.
+    rows = getattr(sys.modules.get("test_ha"), "FIGURES", [])
+    if rows:
+        terminalreporter.section("Redis failover under load")
+        for row in rows:
+            terminalreporter.write_line(json.dumps(row))

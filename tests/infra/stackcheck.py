@@ -2,7 +2,7 @@
 
 import json
 import shlex
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 
 def redis_endpoint(url):
@@ -15,6 +15,38 @@ def redis_endpoint(url):
         unquote(parts.password or ""),
         int(parts.path.lstrip("/") or 0),
     )
+
+
+def primary_endpoint(host, config):
+    """(address, port) of the Redis primary a rendered config leads to, asked from `host`.
+
+    A redis:// URL names it; sentinel:// URLs name the Sentinels, asked in turn with the
+    config's Sentinel credentials, as the stack's clients ask them.
+    """
+    url = config["broker_url"]
+    if not url.startswith("sentinel://"):
+        return redis_endpoint(url)[:2]
+    sentinel = config["sentinel"]
+    for one in url.split(";"):
+        address, port, *_ = redis_endpoint(one)
+        args = ["redis-cli", "-h", address, "-p", str(port), "--user", sentinel["username"]]
+        args += ["--no-auth-warning", "SENTINEL", "GET-MASTER-ADDR-BY-NAME", sentinel["master_name"]]
+        result = host.run(f"REDISCLI_AUTH={shlex.quote(sentinel['password'])} {shlex.join(args)}")
+        answer = result.stdout.split()
+        if result.rc == 0 and len(answer) == 2:
+            return answer[0], int(answer[1])
+    raise AssertionError(f"no Sentinel of {host.inventory_name}'s config named a primary")
+
+
+def direct_config(host, config):
+    """`config` with its URLs pointing straight at the current primary (redis://, same user and db)."""
+    address, port = primary_endpoint(host, config)
+    resolved = dict(config)
+    for key in ("broker_url", "result_backend"):
+        _, _, user, password, db = redis_endpoint(config[key].split(";")[0])
+        credentials = f"{quote(user, safe='')}:{quote(password, safe='')}@" if user else ""
+        resolved[key] = f"redis://{credentials}{address}:{port}/{db}"
+    return resolved
 
 
 def redis_cli(host, url, *command, user=None, password=None, db=None):

@@ -52,12 +52,17 @@ def test_acl_users_are_least_privilege(redis_host, worker_config, admin, redis_f
     )
     users = {line.split()[1]: line for line in listed.stdout.splitlines()}
     tiers = redis_fact["users"]
-    assert set(users) == {"default", tiers["admin"], tiers["worker"], tiers["web"]}
+    # Replicated: the replicas' and the Sentinels' users too, with no key at all.
+    assert set(users) == {"default", *tiers.values()}
     assert " off " in users["default"]
-    for name in (tiers["worker"], tiers["web"]):
+    for role, name in tiers.items():
+        if role == "admin":
+            continue
         assert "+@all" not in users[name]
         assert "~*" not in users[name].split()
         assert "#" in users[name]  # a password hash, never a plaintext password
+        if role in ("replication", "sentinel"):
+            assert not [token for token in users[name].split() if token.startswith(("~", "%"))], name
 
 
 def _grants():

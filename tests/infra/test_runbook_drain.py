@@ -1,7 +1,7 @@
 """The drain runbook: the front stops accepting, every queued and held task runs, then the workers stop.
 
 Run on the all-in-one host only (the default scenario): site.yml brings it back within seconds
-there, and the cluster scenario already spends its time on the rolling and scaling runbooks.
+there, and the ha scenario already spends its time on the rolling and scaling runbooks.
 """
 
 import json

@@ -6,7 +6,7 @@ task the front accepted must reach SUCCESS with the right result; requests the f
 counted. A watcher reads the rotated user's passwords in Redis and in users.acl meanwhile: both
 the old and the new one must have been accepted at the same time.
 
-Run by the cluster scenario only (Redis, workers and web on their own hosts): the rotation
+Run by the ha scenario only (Redis, workers and web on their own hosts): the rotation
 restarts a tier's processes, which on an all-in-one host share it with Redis; elsewhere it skips.
 """
 
@@ -19,7 +19,7 @@ import threading
 import time
 
 import pytest
-from stackcheck import redis_cli, web_fact
+from stackcheck import direct_config, redis_cli, web_fact
 from test_runbooks import recap_changed, runbook
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "chaos"))
@@ -32,7 +32,7 @@ def separate_hosts(inventory):
     redis = set(inventory.get_hosts("redis"))
     clients = set(inventory.get_hosts("celery_workers")) | set(inventory.get_hosts("web"))
     if redis & clients:
-        pytest.skip("the rotation is tested where Redis, workers and web are on separate hosts (cluster)")
+        pytest.skip("rotation is tested where Redis, workers and web have hosts of their own (ha scenario)")
 
 
 def _read(host, path):
@@ -49,7 +49,7 @@ class Rotation:
     def __init__(self, tier, user, redis_host, admin, client_host, config):
         self.tier, self.user, self.redis_host, self.admin = tier, user, redis_host, admin
         # The endpoint only: the password in it is the one being rotated.
-        client_config = _read(client_host, config)
+        client_config = direct_config(client_host, _read(client_host, config))
         self.url, self.backend_url = client_config["broker_url"], client_config["result_backend"]
 
     def hashes_live(self):

@@ -1,6 +1,6 @@
 """Scale the worker tier out to a new host and back in, through the runbooks.
 
-The cluster scenario's outsider (a host the firewall keeps off Redis) becomes a worker host for
+The ha scenario's outsider (a host the firewall keeps off Redis) becomes a worker host for
 the length of this module: it is added to celery_workers by an inventory file of the test's own,
 as an operator adds a host to theirs, then retired.
 """
@@ -19,7 +19,7 @@ from test_runbooks import recap_changed, runbook
 def newcomer(group, tmp_path_factory):
     outsiders = group("outsiders")
     if not outsiders:
-        pytest.skip("scaling is tested on the cluster scenario, whose outsider becomes a worker host")
+        pytest.skip("scaling is tested on the ha scenario, whose outsider becomes a worker host")
     host = outsiders[0]
     extra = tmp_path_factory.mktemp("scale") / "added.yml"
     extra.write_text(

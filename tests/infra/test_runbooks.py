@@ -15,15 +15,20 @@ PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.path.join(os.path.dirn
 GONE = "default@gone-for-good"
 
 
-def runbook(name, *extra):
-    """ansible-playbook PROJECT/playbooks/ops/NAME against this scenario's inventory."""
+def playbook(path, *extra, timeout=600):
+    """ansible-playbook PROJECT/PATH against this scenario's inventory."""
     inventory = os.path.dirname(os.environ["MOLECULE_INVENTORY_FILE"])
     command = [os.path.join(os.path.dirname(sys.executable), "ansible-playbook"), "-i", inventory]
-    command += [os.path.join(PROJECT, "playbooks", "ops", name), *extra]
+    command += [os.path.join(PROJECT, path), *extra]
     # Molecule forces colour on; the assertions read plain text.
     env = {key: value for key, value in os.environ.items() if key != "ANSIBLE_FORCE_COLOR"}
     env.update(ANSIBLE_CONFIG=os.path.join(PROJECT, "ansible.cfg"), ANSIBLE_NOCOLOR="1")
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def runbook(name, *extra):
+    """ansible-playbook PROJECT/playbooks/ops/NAME against this scenario's inventory."""
+    return playbook(os.path.join("playbooks", "ops", name), *extra)
 
 
 def admin_cli(redis_host, worker_config, admin, *command):

@@ -118,3 +118,65 @@ def test_default_path_when_env_unset(monkeypatch):
     monkeypatch.delenv("STACKDEMO_CONFIG", raising=False)
     with pytest.raises(ConfigError, match=DEFAULT_PATH):
         load_config()
+
+
+SENTINEL_URLS = ";".join(
+    f"sentinel://celery-worker:PW@10.89.22.{host}:26379/{{db}}" for host in (11, 14, 15)
+)
+SENTINEL = {
+    "broker_url": SENTINEL_URLS.format(db=1),
+    "result_backend": SENTINEL_URLS.format(db=0),
+    "sentinel": {
+        "master_name": "stack",
+        "username": "stack-sentinel-client",
+        "password": "sentinel-secret",
+    },
+}
+
+
+def test_sentinel_urls_with_the_sentinel_object():
+    config = parse_config(SENTINEL)
+    assert config.broker_url == SENTINEL["broker_url"]
+    assert config.sentinel.master_name == "stack"
+    assert config.sentinel.username == "stack-sentinel-client"
+    assert "sentinel-secret" not in repr(config.sentinel)
+    assert parse_config(MINIMAL).sentinel is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"sentinel": None}, "need the 'sentinel' object"),
+        (
+            {"broker_url": "redis://celery-worker:PW@h/1"},
+            "must use the same scheme",
+        ),
+        (
+            {"broker_url": "redis://u:PW@h/1", "result_backend": "redis://u:PW@h/0"},
+            "only allowed with sentinel:// broker_url",
+        ),
+        ({"sentinel": {"master_name": "bad name!"}}, "master_name must be a name"),
+        ({"sentinel": {}}, "needs 'master_name'"),
+        ({"sentinel": {"master_name": "s", "port": 1}}, "unknown key"),
+        ({"sentinel": {"master_name": "s", "username": "u"}}, "needs sentinel.pass"),
+        ({"sentinel": {"master_name": "s", "password": 7}}, "must be a non-empty"),
+        (
+            {"broker_url": SENTINEL_URLS.format(db=1) + ";sentinel://x:PW@h:1/2"},
+            "differs from the first",
+        ),
+        (
+            {"broker_url": SENTINEL_URLS.format(db=1) + ";redis://celery-worker:PW@h"},
+            "must be a sentinel:// URL",
+        ),
+        ({"broker_url": "sentinel://celery-worker:PW@h:port/1"}, "not a valid URL"),
+        ({"broker_url": "sentinel://celery-worker:PW@h/x"}, "numeric database"),
+    ],
+)
+def test_sentinel_mistakes_never_echo_secrets(change, message):
+    data = {**SENTINEL, **change}
+    if data["sentinel"] is None:
+        del data["sentinel"]
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_config(data)
+    assert "PW" not in str(caught.value)
+    assert "sentinel-secret" not in str(caught.value)

@@ -30,6 +30,9 @@ def test_worker_settings():
     assert conf.accept_content == conf.result_accept_content == ["json"]
     assert conf.task_acks_late is True
     assert conf.task_reject_on_worker_lost is True
+    # A result Redis cannot take for a moment is retried, not lost (message acked).
+    backend = create_worker_app(CONFIG).backend
+    assert backend.always_retry is True and backend.max_retries == 15
     assert conf.worker_prefetch_multiplier == 1
     assert conf.task_track_started is True
     assert conf.broker_connection_retry_on_startup is True
@@ -87,3 +90,54 @@ def test_tasks_run_with_the_configured_delay(monkeypatch):
         add(2, True)
     with pytest.raises(ValueError, match="seconds must be >= 0"):
         echo("v", -1)
+
+
+def test_sentinel_settings():
+    config = parse_config(
+        {
+            "broker_url": "sentinel://w:p@10.0.0.1:26379/1;sentinel://w:p@10.0.0.2/1",
+            "result_backend": "sentinel://w:p@10.0.0.1:26379/0;sentinel://w:p@h/0",
+            "sentinel": {"master_name": "stack", "username": "c", "password": "s"},
+        }
+    )
+    conf = create_worker_app(config).conf
+    assert conf.broker_transport == "stackdemo.broker:SentinelTransport"
+    options = conf.broker_transport_options
+    assert options["master_name"] == "stack"
+    assert options["sentinel_kwargs"]["username"] == "c"
+    assert options["sentinel_kwargs"]["password"] == "s"
+    assert options["socket_timeout"] == 5
+    assert options["health_check_interval"] == 5
+    backend = conf.result_backend_transport_options
+    assert backend["master_name"] == "stack"
+    assert backend["sentinel_kwargs"] == options["sentinel_kwargs"]
+    assert conf.redis_socket_timeout == 5
+    producer = create_producer_app(config).conf
+    assert producer.broker_transport_options["master_name"] == "stack"
+    # Plain URLs keep today's transport and options.
+    assert create_worker_app(CONFIG).conf.broker_transport == (
+        "stackdemo.broker:Transport"
+    )
+
+
+@pytest.mark.parametrize(
+    ("create", "transport"),
+    [
+        (create_worker_app, "SentinelTransport"),
+        (create_producer_app, "SentinelProducerTransport"),
+    ],
+)
+def test_a_switch_to_the_next_sentinel_keeps_the_stack_transport(create, transport):
+    """kombu's failover to the next URL reads the transport from its scheme again."""
+    from test_config import SENTINEL
+
+    app = create(parse_config(SENTINEL))
+    connection = app.connection_for_read()
+    try:
+        assert len(connection.alt) == 3
+        for url in connection.alt[1:]:
+            connection.switch(url)
+            assert type(connection.transport).__name__ == transport
+            assert type(connection.transport).__module__ == "stackdemo.broker"
+    finally:
+        connection.release()

@@ -17,6 +17,8 @@ INFO_FIELDS = (
     "blocked_clients",
     "connected_slaves",
     "uptime_in_seconds",
+    "master_host",
+    "master_link_status",
 )
 
 
@@ -93,8 +95,11 @@ def _redis_lines(redis, firewall):
     limit = "no limit" if info.get("maxmemory") in (None, "0") else _mb(info.get("maxmemory"))
     version = info.get("valkey_version") or info.get("redis_version", "?")
     aof = "on" if info.get("aof_enabled") == "1" else "OFF"
+    role = info.get("role", "?")
+    if role == "slave":
+        role = f"replica of {info.get('master_host', '?')} (link {info.get('master_link_status', '?')})"
     lines = [
-        f"  redis {version}: {info.get('role', '?')}, replicas {info.get('connected_slaves', '0')}, "
+        f"  redis {version}: {role}, replicas {info.get('connected_slaves', '0')}, "
         f"up {int(info.get('uptime_in_seconds', 0)) // 3600} h, firewall {firewall}",
         f"    memory {_mb(info.get('used_memory'))} of {limit}; clients {info.get('connected_clients', '?')}"
         f" ({info.get('blocked_clients', '?')} waiting for a message)",
@@ -116,6 +121,22 @@ def _redis_lines(redis, firewall):
     return lines
 
 
+def status_sentinel_master(text):
+    """SENTINEL MASTER's reply (field and value on alternate lines) as a mapping."""
+    lines = [line.strip() for line in text.splitlines()]
+    return dict(zip(lines[0::2], lines[1::2], strict=False))
+
+
+def _sentinel_lines(master):
+    flags = master.get("flags", "?")
+    return [
+        f"  sentinel: primary {master.get('ip', '?')}:{master.get('port', '?')} ({flags}), "
+        f"{master.get('num-slaves', '?')} replica(s), "
+        f"{master.get('num-other-sentinels', '?')} other Sentinel(s), "
+        f"quorum {master.get('quorum', '?')}"
+    ]
+
+
 def status_table(hosts, hostvars):
     """One block per host, as one text: the tiers it serves, Redis first."""
     out = []
@@ -124,6 +145,8 @@ def status_table(hosts, hostvars):
         blocks = []
         if "status_redis" in facts:
             blocks += _redis_lines(facts["status_redis"], facts.get("status_firewall", "?"))
+        if "status_sentinel" in facts:
+            blocks += _sentinel_lines(facts["status_sentinel"])
         for pool in facts.get("status_pools", []):
             processes = f", {pool['tasks']} processes" if pool["tasks"] else ""
             blocks.append(
@@ -146,6 +169,7 @@ class FilterModule:
     def filters(self):
         return {
             "status_redis_info": status_redis_info,
+            "status_sentinel_master": status_sentinel_master,
             "status_units": status_units,
             "status_web_ports": status_web_ports,
             "status_table": status_table,

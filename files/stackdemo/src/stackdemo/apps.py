@@ -1,10 +1,24 @@
 """Celery app factories: the worker's, and the web's result-less producer."""
 
+import time
+
 from celery import Celery
 
+from stackdemo.broker import resolve_sentinel_urls_to
 from stackdemo.config import Config
 from stackdemo.settings import beat_settings, producer_settings, worker_settings
 from stackdemo.worker import install
+
+# A switchover's publish retries: PUBLISH_RETRIES, PUBLISH_RETRY_PAUSE s apart.
+PUBLISH_RETRIES = 12
+PUBLISH_RETRY_PAUSE = 0.25
+
+
+def _publish_retry_pause(exc: BaseException, interval: float) -> None:
+    # kombu calls it with 0 after a failed publish, and with the interval it
+    # is about to sleep after a failed connection attempt.
+    if not interval:
+        time.sleep(PUBLISH_RETRY_PAUSE)
 
 
 def create_worker_app(config: Config) -> Celery:
@@ -25,6 +39,31 @@ def create_producer_app(config: Config) -> Celery:
         socket_timeout=10, socket_connect_timeout=5
     )
     settings["broker_connection_timeout"] = 5
+    if config.sentinel is not None:
+        # kombu's Sentinel transport with our channel, only so that the web's
+        # primary watch can find and drop the producer's connections to a
+        # replaced primary (stackdemo.broker.sentinel_channels); publishing is
+        # kombu's own.
+        settings["broker_transport"] = "stackdemo.broker:SentinelProducerTransport"
+        resolve_sentinel_urls_to(settings["broker_transport"])
+        # A switchover (playbooks/ops/switchover.yml) closes the connections
+        # whose writes it held paused; until the Sentinels' SENTINEL MASTERS
+        # (what redis-py asks) names the new primary, about a second after
+        # GET-MASTER-ADDR-BY-NAME does, a reconnect may still reach the old
+        # one, now a replica: READONLY, which redis-py raises as a connection
+        # error. Celery's default (3 retries, ~0.4 s; and kombu stops after one
+        # reconnect, see SentinelProducerTransport) gives up before that;
+        # these ~3 s do not. A READONLY or a paused write cut off was never
+        # run, so retrying it cannot duplicate a task.
+        settings["task_publish_retry_policy"] = {
+            "max_retries": PUBLISH_RETRIES,
+            "interval_start": 0,
+            "interval_step": 0.25,
+            "interval_max": 0.5,
+            # kombu sleeps only while a connection fails to open; a publish
+            # that fails on a connection that opened is retried at once.
+            "errback": _publish_retry_pause,
+        }
     app.conf.update(settings)
     return app
 

@@ -31,9 +31,11 @@ import hashlib
 import json
 import logging
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
+import kombu.transport
 import redis
 from celery.worker.consumer import Consumer as CeleryConsumer
 from kombu.transport import redis as kombu_redis
@@ -48,6 +50,7 @@ from stackdemo.keys import (
     IN_FLIGHT_OPTION,
     UNACKED_KEY_PREFIXES,
 )
+from stackdemo.sentinel import drop_connections
 
 log = logging.getLogger(__name__)
 
@@ -409,6 +412,62 @@ class Transport(kombu_redis.Transport):
     Channel = Channel
     # The message being delivered and its in-flight list, for QoS.append.
     in_flight_delivery: tuple[str, bytes] | None = None
+
+
+# Every Sentinel channel of this process, for MasterWatch to leave an old primary.
+sentinel_channels: "weakref.WeakSet[SentinelChannel]" = weakref.WeakSet()
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):
+    """Our channel (atomic delivery, in-flight lists) on a primary found by Sentinel.
+
+    kombu's SentinelChannel only changes how the pools are made (_get_pool and
+    its connection class), none of what Channel overrides; each pool asks the
+    Sentinels for the primary whenever it opens a connection.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        sentinel_channels.add(self)
+
+    def drop_connections_to(self, address: tuple[str, int]) -> int:
+        return drop_connections(self._pool, address) + drop_connections(
+            self._async_pool, address
+        )
+
+
+class SentinelTransport(Transport, kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port
+
+
+def resolve_sentinel_urls_to(transport: str) -> None:
+    """Make ``sentinel://`` mean ``transport`` for every connection of this process.
+
+    Celery hands kombu the transport class, but a Sentinel URL list is also a
+    list of failover alternates: after a connection error kombu's
+    Connection.switch moves to the next URL and takes the transport from its
+    scheme again. Without this, a worker back from a failover would consume
+    through kombu's own Sentinel transport (a plain BRPOP, no in-flight list,
+    refused by the worker's ACL).
+    """
+    kombu.transport.TRANSPORT_ALIASES["sentinel"] = transport
+    # get_transport_cls caches what it resolved.
+    getattr(kombu.transport, "_transport_cache", {}).pop("sentinel", None)
+
+
+class SentinelProducerTransport(SentinelTransport):
+    """The web's: a publish retried up to its retry policy, not just once.
+
+    kombu's ensure() gives up after the first successful reconnect unless the
+    transport names its recoverable errors. In a switchover that reconnect
+    may still reach the old primary, now a replica (READONLY, raised by
+    redis-py as a connection error), until every Sentinel's SENTINEL MASTERS
+    names the new one; the next attempts reach the new primary.
+    """
+
+    recoverable_connection_errors = SentinelTransport.connection_errors
+    recoverable_channel_errors = ()
 
 
 class Consumer(CeleryConsumer):

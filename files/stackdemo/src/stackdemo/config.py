@@ -19,6 +19,9 @@ PRIORITY_SEP = ":"
 # No PRIORITY_SEP in queue names, or one queue's lists could be another's.
 _QUEUE_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _TASK_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_MASTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+# Celery's and kombu's separator between the URLs of several Sentinels.
+SENTINEL_URL_SEP = ";"
 
 
 class ConfigError(ValueError):
@@ -44,6 +47,19 @@ class BeatEntry:
 
 
 @dataclass(frozen=True)
+class SentinelConfig:
+    """The Sentinels' own side: which master to ask for, and their ACL user.
+
+    The user and password inside each sentinel:// URL are the data nodes' ACL
+    user (the tier's); these are the credentials of the Sentinels themselves.
+    """
+
+    master_name: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
 class Config:
     broker_url: str
     result_backend: str
@@ -54,6 +70,7 @@ class Config:
     add_delay_seconds: float = 0
     beat_schedule: Mapping[str, BeatEntry] = field(default_factory=dict)
     web: WebConfig = field(default_factory=WebConfig)
+    sentinel: SentinelConfig | None = None
 
     @property
     def queues(self) -> frozenset[str]:
@@ -72,7 +89,9 @@ _TOP_KEYS = (
     "add_delay_seconds",
     "beat_schedule",
     "web",
+    "sentinel",
 )
+_SENTINEL_KEYS = ("master_name", "username", "password")
 _WEB_KEYS = (
     "allowed_tasks",
     "max_wait_seconds",
@@ -138,7 +157,53 @@ def _parse(data: Any) -> Config:
         kwargs["beat_schedule"] = _beat_schedule(data["beat_schedule"])
     if "web" in data:
         kwargs["web"] = _web(data["web"])
+    schemes = {_scheme(kwargs["broker_url"]), _scheme(kwargs["result_backend"])}
+    if len(schemes) > 1:
+        raise ConfigError(
+            "broker_url and result_backend must use the same scheme "
+            "(both sentinel:// or both redis:// / rediss://)"
+        )
+    uses_sentinel = schemes == {"sentinel"}
+    if "sentinel" in data:
+        if not uses_sentinel:
+            raise ConfigError(
+                "'sentinel' is only allowed with sentinel:// broker_url and "
+                "result_backend"
+            )
+        kwargs["sentinel"] = _sentinel(data["sentinel"])
+    elif uses_sentinel:
+        raise ConfigError("sentinel:// URLs need the 'sentinel' object (master_name)")
     return Config(**kwargs)
+
+
+def _scheme(url: str) -> str:
+    scheme = urlsplit(url.split(SENTINEL_URL_SEP, 1)[0]).scheme
+    return "redis" if scheme == "rediss" else scheme
+
+
+def _sentinel(data: Any) -> SentinelConfig:
+    _require_object(data, "sentinel")
+    _reject_unknown(data, _SENTINEL_KEYS, "sentinel")
+    if "master_name" not in data:
+        raise ConfigError("sentinel needs 'master_name'")
+    name = data["master_name"]
+    if not isinstance(name, str) or not _MASTER_NAME_RE.fullmatch(name):
+        raise ConfigError(
+            "sentinel.master_name must be a name of letters, digits, '_', '.' or '-'"
+        )
+    kwargs: dict[str, Any] = {"master_name": name}
+    for key in ("username", "password"):
+        if key in data:
+            value = data[key]
+            # Never echo the value: one of them is a password.
+            if not isinstance(value, str) or not value:
+                raise ConfigError(
+                    f"sentinel.{key} must be a non-empty string, got {_kind(value)}"
+                )
+            kwargs[key] = value
+    if "username" in kwargs and "password" not in kwargs:
+        raise ConfigError("sentinel.username needs sentinel.password")
+    return SentinelConfig(**kwargs)
 
 
 def _beat_schedule(data: Any) -> dict[str, BeatEntry]:
@@ -236,13 +301,45 @@ def _redis_url(value: Any, key: str) -> str:
     # Never echo the value: these URLs carry the Redis ACL password.
     if not isinstance(value, str):
         raise ConfigError(f"{key} must be a string, got {_kind(value)}")
+    if value.startswith("sentinel://"):
+        _sentinel_urls(value, key)
+        return value
     parts = urlsplit(value)
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
-        raise ConfigError(f"{key} must be a redis:// or rediss:// URL with a host")
+        raise ConfigError(
+            f"{key} must be a redis:// or rediss:// URL with a host, or "
+            f"sentinel:// URLs separated by {SENTINEL_URL_SEP!r}"
+        )
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         raise ConfigError(f"{key} must end in a numeric database, like /0")
     return value
+
+
+def _sentinel_urls(value: str, key: str) -> None:
+    """sentinel://user:password@host:port/db;sentinel://...: one per Sentinel."""
+    seen = set()
+    for index, chunk in enumerate(value.split(SENTINEL_URL_SEP), 1):
+        where = f"{key} (sentinel URL #{index})"
+        try:
+            parts = urlsplit(chunk)
+            parts.port  # noqa: B018 (raises ValueError on a bad port)
+        except ValueError:
+            raise ConfigError(f"{where} is not a valid URL") from None
+        if parts.scheme != "sentinel" or not parts.hostname:
+            raise ConfigError(f"{where} must be a sentinel:// URL with a host")
+        if parts.query or parts.fragment:
+            raise ConfigError(f"{where} must not have a query or fragment")
+        db = parts.path.lstrip("/")
+        if db and not db.isdigit():
+            raise ConfigError(f"{where} must end in a numeric database, like /0")
+        # Every URL must name the same data-node user and database: Celery and
+        # kombu take them from the first and would silently ignore the others.
+        seen.add((parts.username, parts.password, db or "0"))
+        if len(seen) > 1:
+            raise ConfigError(
+                f"{where} differs from the first in its user, password or database"
+            )
 
 
 def _queue(value: Any, key: str) -> str:

@@ -2,10 +2,27 @@
 
 from typing import Any
 
+from stackdemo import sentinel
 from stackdemo.config import PRIORITY_SEP, Config
 
 # Custom key in app.conf through which the worker's tasks read the file.
 ADD_DELAY_SETTING = "stackdemo_add_delay_seconds"
+
+
+def sentinel_transport_options(config: Config) -> dict[str, Any]:
+    """kombu's and Celery's Sentinel options, and failure detection (none without)."""
+    if config.sentinel is None:
+        return {}
+    return {
+        "master_name": config.sentinel.master_name,
+        "sentinel_kwargs": sentinel.sentinel_kwargs(config.sentinel),
+        **sentinel.socket_options(),
+        # kombu drops a pop connection whose reply is overdue by this much
+        # (plus the pop's own 1 s), checked as often: a frozen or partitioned
+        # primary costs the consumer 6-11 s instead of 26-51 s. redis-py also
+        # PINGs a pooled connection idle this long before using it.
+        "health_check_interval": 5,
+    }
 
 
 def broker_transport_options(config: Config) -> dict[str, Any]:
@@ -18,6 +35,7 @@ def broker_transport_options(config: Config) -> dict[str, Any]:
         "priority_steps": list(range(10)),
         "sep": PRIORITY_SEP,
         "queue_order_strategy": "priority",
+        **sentinel_transport_options(config),
     }
 
 
@@ -45,9 +63,22 @@ def worker_settings(config: Config) -> dict[str, Any]:
         {
             "result_backend": config.result_backend,
             "result_backend_transport_options": {
-                "visibility_timeout": config.visibility_timeout
+                "visibility_timeout": config.visibility_timeout,
+                **{
+                    key: value
+                    for key, value in sentinel_transport_options(config).items()
+                    if key in ("master_name", "sentinel_kwargs")
+                },
             },
             "result_expires": config.result_expires,
+            # A result that cannot be stored (Redis restarting, a primary failing
+            # over) is retried, with backoff, for about 25 s: Celery would
+            # otherwise record the task as failed and ack its message, and the
+            # result, the task's only trace, would be nowhere.
+            "result_backend_always_retry": True,
+            "result_backend_max_retries": 15,
+            "result_backend_base_sleep_between_retries_ms": 100,
+            "result_backend_max_sleep_between_retries_ms": 2000,
             # Ack after the run so a crashed worker's task is redelivered.
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
@@ -69,6 +100,17 @@ def worker_settings(config: Config) -> dict[str, Any]:
             ADD_DELAY_SETTING: config.add_delay_seconds,
         }
     )
+    if config.sentinel is not None:
+        # Celery's backend takes its connection options from these settings,
+        # not from the transport options: a result stored on a frozen primary
+        # fails after 5 s and Celery retries it on the primary Sentinel names.
+        settings.update(
+            {
+                "redis_socket_timeout": sentinel.REPLY_TIMEOUT,
+                "redis_socket_connect_timeout": sentinel.CONNECT_TIMEOUT,
+                "redis_socket_keepalive": True,
+            }
+        )
     return settings
 
 

@@ -1,5 +1,6 @@
 """Worker-side wiring that makes a hard crash cost a retry, not a task."""
 
+import functools
 import logging
 import os
 import signal
@@ -13,11 +14,14 @@ from celery.exceptions import Ignore
 from celery.states import READY_STATES
 from celery.worker import state as worker_state
 
+from stackdemo import sentinel
 from stackdemo.broker import (
     Channel,
     last_pop_reply,
     mark_live,
     node_transport_options,
+    resolve_sentinel_urls_to,
+    sentinel_channels,
 )
 
 log = logging.getLogger(__name__)
@@ -122,11 +126,16 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
             return False
 
     def _broker_answers(self) -> bool:
-        url = self._consumer.app.conf.broker_url
+        conf = self._consumer.app.conf
+        url = conf.broker_url
         try:
-            client = redis.Redis.from_url(
-                url, socket_timeout=5, socket_connect_timeout=5
-            )
+            if sentinel.is_sentinel(url):
+                # The primary the Sentinels name now, as the consumer would find.
+                client = sentinel.sync_master(url, conf.broker_transport_options)
+            else:
+                client = redis.Redis.from_url(
+                    url, socket_timeout=5, socket_connect_timeout=5
+                )
             try:
                 return bool(client.ping())
             finally:
@@ -155,6 +164,55 @@ class ConsumerWatchdog(bootsteps.StartStopStep):
             os._exit(70)
 
 
+def _drop_old_primary(backend: Any) -> Any:
+    """MasterWatch callback: shut this process's connections to the old primary.
+
+    ``backend``: the result backend of the thread that runs tasks (Celery's is
+    thread-local, so the watch's own thread would get another one).
+    """
+
+    def on_change(old: tuple[str, int], new: tuple[str, int]) -> None:
+        dropped = sum(channel.drop_connections_to(old) for channel in sentinel_channels)
+        # Its client and pool are made on first use.
+        client = getattr(backend, "__dict__", {}).get("client")
+        if client is not None:
+            dropped += sentinel.drop_connections(client.connection_pool, old)
+        log.warning("Dropped %d connection(s) to the old primary", dropped)
+
+    return on_change
+
+
+_master_watch: dict[str, sentinel.MasterWatch] = {}
+
+
+def _watch_master(app: Celery) -> None:
+    url = app.conf.broker_url
+    if not sentinel.is_sentinel(url) or "watch" in _master_watch:
+        return
+    options = app.conf.broker_transport_options
+    _master_watch["watch"] = sentinel.MasterWatch(
+        url, options, _drop_old_primary(app.backend)
+    ).start()
+
+
+class SentinelMasterWatch(bootsteps.StartStopStep):
+    """Leave a primary the Sentinels replaced, in the worker's main process."""
+
+    requires = ("celery.worker.consumer.connection:Connection",)
+
+    def start(self, consumer: Any) -> None:
+        _watch_master(consumer.app)
+
+
+def _watch_master_in_pool_process(app: Celery, **_: Any) -> None:
+    # A prefork child stores results and publishes on its own connections; the
+    # parent's watch (a thread, not inherited) cannot see them. What the child
+    # inherited belongs to the parent.
+    _master_watch.clear()
+    sentinel_channels.clear()
+    _watch_master(app)
+
+
 def _use_node_unacked_keys(sender: str, conf: Any, **_: Any) -> None:
     conf.broker_transport_options = {
         **conf.broker_transport_options,
@@ -164,8 +222,17 @@ def _use_node_unacked_keys(sender: str, conf: Any, **_: Any) -> None:
 
 def install(app: Celery) -> None:
     """Give a worker app the transport, consumer steps and task class above."""
-    app.conf.broker_transport = "stackdemo.broker:Transport"
+    if sentinel.is_sentinel(app.conf.broker_url):
+        app.conf.broker_transport = "stackdemo.broker:SentinelTransport"
+        resolve_sentinel_urls_to(app.conf.broker_transport)
+    else:
+        app.conf.broker_transport = "stackdemo.broker:Transport"
     app.conf.worker_consumer = "stackdemo.broker:Consumer"
     app.steps["consumer"].add(RestoreOrphans)
     app.steps["consumer"].add(ConsumerWatchdog)
     signals.celeryd_init.connect(_use_node_unacked_keys, weak=False)
+    if sentinel.is_sentinel(app.conf.broker_url):
+        app.steps["consumer"].add(SentinelMasterWatch)
+        signals.worker_process_init.connect(
+            functools.partial(_watch_master_in_pool_process, app), weak=False
+        )

@@ -47,14 +47,29 @@ class ResultWaiter:
 
     ``pubsub_client`` must have no socket timeout: its connection blocks in a
     read until a message arrives. ``client`` serves the GETs.
+
+    ``heartbeat`` (seconds): PING the subscriber connection this often and
+    drop it when nothing at all came back for three periods. A frozen or
+    partitioned primary keeps the connection open and silent: with Sentinel
+    the waiter must notice it and move to the new primary. Without a
+    heartbeat only TCP keepalive ends such a connection.
     """
 
     def __init__(
-        self, client: Redis, pubsub_client: Redis, *, reconnect_delay: float = 1.0
+        self,
+        client: Redis,
+        pubsub_client: Redis,
+        *,
+        reconnect_delay: float = 1.0,
+        heartbeat: float | None = None,
     ) -> None:
         self._client = client
         self._pubsub_client = pubsub_client
         self._reconnect_delay = reconnect_delay
+        self._heartbeat = heartbeat
+        self._last_seen = 0.0
+        # Set by reconnect(): leave this connection and subscribe again.
+        self._kick = asyncio.Event()
         self._entries: dict[str, _Entry] = {}
         # (command, channel) in decision order; Redis applies them in the same
         # order, so a re-subscribe can never be undone by an older unsubscribe.
@@ -103,6 +118,13 @@ class ResultWaiter:
                 del self._entries[key]
                 self._send("UNSUBSCRIBE", key)
 
+    def reconnect(self) -> None:
+        """Drop the subscriber connection: subscribe again and re-read every key.
+
+        For a primary the Sentinels replaced: the old one may still be up.
+        """
+        self._kick.set()
+
     def _send(self, command: str, channel: str) -> None:
         self._outbox.append((command, channel))
         self._outbox_ready.set()
@@ -122,8 +144,14 @@ class ResultWaiter:
             pubsub = self._pubsub_client.pubsub()
             connected_at = None
             try:
-                await pubsub.connect()
+                self._kick.clear()
+                if self._heartbeat:
+                    # A silent primary must not hold the handshake for ever.
+                    await asyncio.wait_for(pubsub.connect(), 3 * self._heartbeat)
+                else:
+                    await pubsub.connect()
                 connected_at = loop.time()
+                self._last_seen = connected_at
                 # A new connection has no subscriptions: subscribe every live
                 # key again; the confirmations trigger GETs that catch results
                 # published while we were disconnected.
@@ -132,8 +160,8 @@ class ResultWaiter:
                 self._outbox_ready.set()
                 self.connected = True
                 await self._pump(pubsub)
-            except (RedisError, OSError) as exc:
-                log.warning("result subscriber connection failed: %s", exc)
+            except (RedisError, OSError, TimeoutError) as exc:
+                log.warning("result subscriber connection failed: %r", exc)
             except Exception:
                 # Waiters depend on this loop; keep it alive whatever happens.
                 log.exception("result subscriber crashed; restarting it")
@@ -155,7 +183,10 @@ class ResultWaiter:
         tasks = [
             asyncio.ensure_future(self._read(pubsub)),
             asyncio.ensure_future(self._write(pubsub)),
+            asyncio.ensure_future(self._kicked()),
         ]
+        if self._heartbeat:
+            tasks.append(asyncio.ensure_future(self._beat(pubsub, self._heartbeat)))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -164,6 +195,22 @@ class ResultWaiter:
             await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
             task.result()
+
+    async def _kicked(self) -> None:
+        await self._kick.wait()
+        raise ConnectionError("the primary changed; subscribing again")
+
+    async def _beat(self, pubsub: Any, period: float) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(period)
+            silent = loop.time() - self._last_seen
+            if silent > 3 * period:
+                raise ConnectionError(
+                    f"result subscriber heard nothing for {silent:.0f} s"
+                )
+            # Answered with a pong message even while subscribed.
+            await pubsub.ping()
 
     async def _write(self, pubsub: Any) -> None:
         while True:
@@ -181,8 +228,10 @@ class ResultWaiter:
                 await pubsub.execute_command(command, *batch)
 
     async def _read(self, pubsub: Any) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             message = await pubsub.get_message(timeout=None)
+            self._last_seen = loop.time()
             if not message:
                 continue
             kind = message["type"]

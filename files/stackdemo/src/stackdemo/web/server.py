@@ -10,11 +10,14 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff, NoBackoff
 from tornado.httpserver import HTTPServer
 from tornado.web import Application
 
-from stackdemo.config import Config
+from stackdemo import sentinel
+from stackdemo.broker import sentinel_channels
+from stackdemo.config import Config, SentinelConfig
 from stackdemo.web.handlers import (
     AddHandler,
     HealthHandler,
@@ -38,6 +41,8 @@ class Context:
     subscriber: Redis
     broker: Redis
     metrics: Metrics
+    # With Sentinel: the manager the three clients above find the primary with.
+    sentinel_manager: Sentinel | None = None
     in_flight: int = 0
     # Set on SIGTERM: long polls answer at once, responses close their connection.
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -47,6 +52,50 @@ class Context:
         self.submitter.close()
         for client in (self.results, self.subscriber, self.broker):
             await client.aclose()
+        if self.sentinel_manager is not None:
+            await self.sentinel_manager.aclose()
+
+    async def watch_primary(self, interval: float = sentinel.WATCH_INTERVAL) -> None:
+        """Leave a primary the Sentinels replaced (see stackdemo.sentinel).
+
+        A pool only asks the Sentinels when it opens a connection; a planned
+        failover leaves the old primary up and writable for seconds, and what
+        the web LPUSHes there in that time is lost when it becomes a replica.
+        """
+        if self.sentinel_manager is None or self.config.sentinel is None:
+            return
+        name = self.config.sentinel.master_name
+        current = None
+        while True:
+            try:
+                address = await self.sentinel_manager.discover_master(name)
+            except Exception as exc:  # no Sentinel answers: keep what we have
+                log.debug("no Sentinel answered: %s", exc)
+            else:
+                address = (str(address[0]), int(address[1]))
+                if current is not None and address != current:
+                    log.warning(
+                        "Sentinel: primary moved from %s:%d to %s:%d; "
+                        "dropping connections to the old one",
+                        *current,
+                        *address,
+                    )
+                    await self._leave(current)
+                current = address
+            await asyncio.sleep(interval)
+
+    async def _leave(self, old: tuple[str, int]) -> None:
+        self.waiter.reconnect()
+        for client in (self.results, self.broker):
+            # In-use ones too: their commands fail and are retried (reads).
+            await client.connection_pool.disconnect()
+        # The producer's kombu connections (synchronous, used from threads).
+        for channel in list(sentinel_channels):
+            channel.drop_connections_to(old)
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A bounded pool (requests wait for a connection) of the Sentinels' primary."""
 
 
 def _keepalive_options() -> dict[int, int]:
@@ -60,6 +109,8 @@ def _keepalive_options() -> dict[int, int]:
 
 
 def create_context(config: Config) -> Context:
+    if config.sentinel is not None:
+        return _sentinel_context(config, config.sentinel)
     # Bounded pools: under load requests queue for a connection instead of
     # opening one per request. Their commands only read (GET, PING, LLEN), so a
     # command that meets a connection Redis closed (a restart leaves every
@@ -96,7 +147,61 @@ def create_context(config: Config) -> Context:
             retry=reads_retry,
         )
     )
-    waiter = ResultWaiter(results, subscriber)
+    return _context(config, results, subscriber, broker)
+
+
+def _sentinel_context(config: Config, settings: SentinelConfig) -> Context:
+    """The clients of create_context on the primary named by the Sentinels.
+
+    Same pools, timeouts and retries, plus the failure detection of
+    stackdemo.sentinel: short keepalive and TCP_USER_TIMEOUT everywhere, and a
+    heartbeat on the subscriber, whose read has no timeout by design.
+    """
+    manager = Sentinel(
+        sentinel.sentinel_addresses(config.result_backend),
+        sentinel_kwargs=sentinel.sentinel_kwargs(settings),
+    )
+    name = settings.master_name
+    reads_retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), 2)
+
+    def master(url: str, reply_timeout: float | None, **kwargs) -> Redis:
+        return manager.master_for(
+            name,
+            **sentinel.data_node_params(url),
+            **sentinel.socket_options(reply_timeout),
+            **kwargs,
+        )
+
+    results = master(
+        config.result_backend,
+        10,
+        connection_pool_class=BlockingSentinelConnectionPool,
+        max_connections=20,
+        timeout=10,
+        retry=reads_retry,
+    )
+    subscriber = master(config.result_backend, None, retry=Retry(NoBackoff(), 0))
+    broker = master(
+        config.broker_url,
+        5,
+        connection_pool_class=BlockingSentinelConnectionPool,
+        max_connections=2,
+        timeout=5,
+        retry=reads_retry,
+    )
+    ctx = _context(config, results, subscriber, broker, heartbeat=3)
+    ctx.sentinel_manager = manager
+    return ctx
+
+
+def _context(
+    config: Config,
+    results: Redis,
+    subscriber: Redis,
+    broker: Redis,
+    heartbeat: float | None = None,
+) -> Context:
+    waiter = ResultWaiter(results, subscriber, heartbeat=heartbeat)
     metrics = Metrics()
     metrics.add_gauge(
         "stackdemo_result_subscriptions",
@@ -175,6 +280,7 @@ async def serve(
     config: Config, address: str, port: int, backlog: int | None = None
 ) -> None:
     ctx = create_context(config)
+    watch = asyncio.ensure_future(ctx.watch_primary())
     try:
         await ctx.waiter.start()
         # Twice the API limit: a chunked body a little too large still gets
@@ -199,6 +305,8 @@ async def serve(
         server.stop()
         await _drain(ctx, config.web.max_wait_seconds + 5)
     finally:
+        watch.cancel()
+        await asyncio.gather(watch, return_exceptions=True)
         await ctx.close()
 
 
