@@ -42,6 +42,13 @@ SETTLE_BOUND = 180
 HOLD_AFTER_FAILOVER = 10
 
 
+def _admin_cli(host, port, admin, *args):
+    """redis-cli as the admin user against a server (or Sentinel) on its own host."""
+    user, password = admin
+    command = ["redis-cli", "-p", str(port), "--user", user, "--no-auth-warning", *args]
+    return host.run(f"REDISCLI_AUTH={shlex.quote(password)} timeout 5 {shlex.join(command)}")
+
+
 class Tier:
     """The replicated Redis tier seen from the web host, as the stack's clients see it."""
 
@@ -65,10 +72,8 @@ class Tier:
 
     def role(self, host):
         """ROLE of a server, asked on its own host: (role, primary address, link state)."""
-        user, password = self.admin
-        args = ["redis-cli", "-p", str(self.port), "--user", user, "--no-auth-warning", "ROLE"]
         try:
-            result = host.run(f"REDISCLI_AUTH={shlex.quote(password)} timeout 5 {shlex.join(args)}")
+            result = _admin_cli(host, self.port, self.admin, "ROLE")
         except RuntimeError:
             # SSH itself failed (a host still booting): no role yet. Not re-raised: the
             # error would print the command, password included.
@@ -78,9 +83,7 @@ class Tier:
 
     def cli(self, host, *command):
         """A command as the admin user on a server, asked on its own host: its stripped output."""
-        user, password = self.admin
-        args = ["redis-cli", "-p", str(self.port), "--user", user, "--no-auth-warning", *command]
-        result = host.run(f"REDISCLI_AUTH={shlex.quote(password)} timeout 5 {shlex.join(args)}")
+        result = _admin_cli(host, self.port, self.admin, *command)
         assert result.rc == 0, f"{command[0]} failed on {host.inventory_name}"
         return result.stdout.strip()
 
@@ -349,13 +352,11 @@ def test_a_replica_rebuilt_empty_rejoins_with_the_primary_data(tier):
 
 def test_no_acl_denial_on_any_data_node_or_sentinel(tier, group):
     """Every tier's grant sufficed through the failovers: ACL LOG is empty everywhere."""
-    user, password = tier.admin
     servers = [(host, tier.port) for host in group("redis")]
     servers += [(host, local_fact(host, "stack_redis_sentinel")["port"]) for host in group("redis_sentinel")]
     denials = {}
     for host, port in servers:
-        args = ["redis-cli", "-p", str(port), "--user", user, "--no-auth-warning", "--json", "ACL", "LOG"]
-        result = host.run(f"REDISCLI_AUTH={shlex.quote(password)} {shlex.join(args)}")
+        result = _admin_cli(host, port, tier.admin, "--json", "ACL", "LOG")
         assert result.rc == 0, f"ACL LOG failed on {host.inventory_name}:{port}"
         entries = json.loads(result.stdout or "[]")
         if entries:
