@@ -27,10 +27,12 @@ lab-destroy: setup
 # Every test: linters, the app's unit tests, every Molecule scenario. The lab image and the kernel
 # scenario's VM disk build in the background meanwhile (both mostly wait on the mirror); whoever
 # needs one waits for its build to finish (each build holds a lock) or builds it itself.
+# Linters and unit tests run beside the scenarios, in a session of their own (tools/beside.sh):
+# they are done while the first scenario waits for its image and converges a single host.
 test: setup
 	mkdir -p .cache && { tools/build-image.sh > .cache/build-image.log 2>&1 & }
 	{ tools/build-vm-image.sh > .cache/build-vm-image.log 2>&1 & }
-	$(MAKE) lint unit molecule
+	tools/beside.sh lint-and-unit 0 "$(MAKE) lint unit" $(MAKE) molecule
 
 lint: setup
 	yamllint --strict .

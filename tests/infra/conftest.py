@@ -68,7 +68,8 @@ def group(inventory):
     return hosts_of
 
 
-@pytest.fixture(scope="session")
+# Read again by every test: a failover moves the primary, a rotation changes the tiers' passwords.
+@pytest.fixture
 def redis_host(group, inventory, worker_hosts, worker_config):
     """The Redis primary: the one redis host, or the one the Sentinels name."""
     hosts = group("redis")
@@ -95,14 +96,14 @@ def read_json(host, path):
     return json.loads(host.file(path).content_string)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def web_config(web_hosts):
     """The web front's rendered config: the credentials the stack really uses, its URLs pointing
     at the current primary (sentinel:// URLs are resolved through the Sentinels)."""
     return direct_config(web_hosts[0], read_json(web_hosts[0], "/etc/stackdemo/web.json"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def worker_config(worker_hosts):
     return direct_config(worker_hosts[0], read_json(worker_hosts[0], "/etc/stackdemo/worker.json"))
 
@@ -118,7 +119,7 @@ def local_fact(host, name):
     return read_json(host, f"/etc/ansible/facts.d/{name}.fact")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def admin(secrets_dir, redis_fact):
     """(user, password) of the Redis admin ACL user."""
     with open(os.path.join(secrets_dir, "redis-admin")) as secret:
@@ -126,13 +127,13 @@ def admin(secrets_dir, redis_fact):
     return redis_fact["users"]["admin"], password
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def redis_fact(redis_host):
     """What the redis role deployed: flavor, service (unit), cli, port, bind."""
     return local_fact(redis_host, "stack_redis")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def redis_unit(redis_fact):
     return redis_fact["service"]
 

@@ -27,11 +27,13 @@ def primary_endpoint(host, config):
     if not url.startswith("sentinel://"):
         return redis_endpoint(url)[:2]
     sentinel = config["sentinel"]
+    # Bounded as the stack's clients bound it: a Sentinel cut off drops packets, and an
+    # unbounded connect would wait out TCP's retries (about two minutes) before the next one.
     for one in url.split(";"):
         address, port, *_ = redis_endpoint(one)
         args = ["redis-cli", "-h", address, "-p", str(port), "--user", sentinel["username"]]
         args += ["--no-auth-warning", "SENTINEL", "GET-MASTER-ADDR-BY-NAME", sentinel["master_name"]]
-        result = host.run(f"REDISCLI_AUTH={shlex.quote(sentinel['password'])} {shlex.join(args)}")
+        result = host.run(f"REDISCLI_AUTH={shlex.quote(sentinel['password'])} timeout 3 {shlex.join(args)}")
         answer = result.stdout.split()
         if result.rc == 0 and len(answer) == 2:
             return answer[0], int(answer[1])

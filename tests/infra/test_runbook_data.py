@@ -59,7 +59,7 @@ class AllInOne:
         return self.cli("INFO", "server").split("process_id:")[1].split()[0]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def aio(inventory, redis_host, worker_hosts, web_hosts, worker_config, admin):
     # The restore stops Redis under every tier, and these tests stop pools by hand and read what
     # came back through the web front: one host that is all three tiers keeps that simple. CI
