@@ -106,7 +106,12 @@ def test_acl_rule_starts_from_nothing_and_grants_exactly_the_tier():
         "~celery:*",
         "~urgent",
         "~urgent:*",
-        "~celery-task-meta-*",
+        "~celery-taskset-meta-*",
+    ]
+    assert [t for t in rule if t.startswith("%R~")] == [
+        "%R~celery-task-meta-*",
+        "%R~stack@dead-letters",
+        "%R~stack@dead-letters-total",
     ]
     assert [t for t in rule if t.startswith("+")] == [f"+{c}" for c in GRANTS["web"]["commands"]]
 

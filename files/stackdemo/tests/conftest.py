@@ -16,10 +16,11 @@ import redis
 from acl_rules import web_rule, worker_rule
 from helpers import Web, free_port, stop_process, wait_until
 
+TESTS = str(Path(__file__).resolve().parent)
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 BROKER_DB = 1
 RESULT_DB = 0
-QUEUES = ("celery", "prio", "crash")
+QUEUES = ("celery", "prio", "crash", "canvas")
 # Test-only credentials for a server bound to 127.0.0.1 for one test run.
 ADMIN = ("admin", "admin-secret")
 WEB_USER = ("stackdemo-web", "web-secret")
@@ -37,6 +38,8 @@ TASK_ROUTES = {
     "stackdemo.batch.*": {"queue": "prio"},
     # Likewise for "crash", the queue of the hard-crash tests' own worker.
     "stackdemo.crash.*": {"queue": "crash"},
+    # Another app's tasks (canvas_tasks), consumed by a worker of their own.
+    "canvas.*": {"queue": "canvas"},
 }
 
 
@@ -139,7 +142,11 @@ def start_worker(
     started: list[subprocess.Popen] = []
 
     def start(
-        name: str, queues: str = "celery", pool: str = "prefork", concurrency: int = 2
+        name: str,
+        queues: str = "celery",
+        pool: str = "prefork",
+        concurrency: int = 2,
+        app: str = "stackdemo.celery_app",
     ) -> tuple[subprocess.Popen, Path]:
         log = tmp_path_factory.mktemp(f"worker-{name}") / "worker.log"
         cmd = [
@@ -147,7 +154,7 @@ def start_worker(
             "-m",
             "celery",
             "-A",
-            "stackdemo.celery_app",
+            app,
             "worker",
             "--pool",
             pool,
@@ -165,7 +172,14 @@ def start_worker(
             "--without-mingle",
             "--without-heartbeat",
         ]
-        env = {**os.environ, "STACKDEMO_CONFIG": str(configs["worker"])}
+        env = {
+            **os.environ,
+            "STACKDEMO_CONFIG": str(configs["worker"]),
+            # Apps other than the demo (canvas_worker) live beside the tests.
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [TESTS, os.environ.get("PYTHONPATH")])
+            ),
+        }
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent

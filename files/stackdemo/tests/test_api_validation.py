@@ -54,7 +54,7 @@ def test_malformed_bodies(web, body, message):
         ({"expires": [1]}, "expires must be seconds from now"),
         (
             {"queue": "nope"},
-            "queue must be one of the configured queues: celery, crash, prio",
+            "queue must be one of the configured queues: canvas, celery, crash, prio",
         ),
         ({"queue": 1}, "queue must be one of the configured queues"),
         ({"priority": 10}, "priority must be an integer from 0 to 9"),

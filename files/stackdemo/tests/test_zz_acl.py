@@ -23,6 +23,7 @@ def test_no_acl_denials_during_the_suite(redis_server, web, worker):
         (WEB_USER, ["CONFIG", "GET", "*"]),
         (WEB_USER, ["CLIENT", "LIST"]),
         (WEB_USER, ["SET", "celery-task-meta-forged", "{}"]),
+        (WEB_USER, ["DEL", "celery-task-meta-someone-elses"]),
         (WEB_USER, ["HGETALL", "unacked@main@host"]),
         # Read-only for the web's /metrics.
         (WEB_USER, ["LPUSH", "stack@dead-letters", "forged"]),
