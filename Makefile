@@ -48,7 +48,7 @@ unit: setup
 	python -m pytest -q -n 2 tests/unit tests/validation
 
 # Every scenario this machine can run; one with `make molecule SCENARIO=ha`. The container
-# scenarios run in turn, the kernel scenario's VMs beside the last one at the lowest CPU priority.
+# scenarios run in turn, the kernel scenario's VMs beside them at the lowest CPU priority.
 # rocky9 needs a registry to pull its image from: `make molecule SCENARIO=rocky9` where one is.
 SCENARIOS ?= default ha
 IDLE_SCENARIOS ?= kernel

@@ -1,29 +1,26 @@
 #!/usr/bin/env bash
-# Runs Molecule scenarios: the first list one after another; the second list beside the last of
-# them, at the lowest CPU priority (tools/beside.sh).
+# Runs Molecule scenarios: the first list one after another; the second list beside them from
+# the start, at the lowest CPU priority (tools/beside.sh).
 #   tools/molecule-scenarios.sh "default ha" "kernel"
-# Why beside the last: the ha scenario spends most of its verify waiting (load windows, failovers,
-# restarts) while the kernel scenario's emulated VMs want CPU; the scenarios before it converge
-# most of the time and get the machine to themselves.
+# The kernel scenario's emulated VMs want CPU for minutes; at the lowest priority they take only
+# what the others leave while they wait (load windows, failovers, restarts, the mirror), so the
+# scenarios in turn keep their speed and their timings.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 read -r -a in_turn <<< "${1:-}"
 read -r -a beside <<< "${2:-}"
 
-beside_job=""
-for scenario in "${beside[@]}"; do
-  beside_job+="molecule test --scenario-name $scenario && "
-done
+# "molecule test" of each scenario named, one after another, stopping at the first failure.
+one_after_another() {
+  local job="" scenario
+  for scenario in "$@"; do
+    job+="molecule test --scenario-name $scenario && "
+  done
+  echo "${job}true"
+}
 
-if ((${#in_turn[@]} == 0)); then
-  [ -z "$beside_job" ] && exit 0
-  exec bash -c "${beside_job}true"
+if ((${#beside[@]} == 0)); then
+  exec bash -c "$(one_after_another "${in_turn[@]}")"
 fi
-last=$((${#in_turn[@]} - 1))
-for i in "${!in_turn[@]}"; do
-  run=(molecule test --scenario-name "${in_turn[$i]}")
-  if ((i == last)) && [ -n "$beside_job" ]; then
-    run=(tools/beside.sh "${beside[*]// /-}" 19 "${beside_job}true" "${run[@]}")
-  fi
-  "${run[@]}" || { echo "failed: ${in_turn[$i]}" >&2; exit 1; }
-done
+exec tools/beside.sh "${beside[*]// /-}" 19 "$(one_after_another "${beside[@]}")" \
+  bash -c "$(one_after_another "${in_turn[@]}")"

@@ -337,8 +337,8 @@ def test_failover_under_load_loses_no_task(fault, tier, chaos_stack):
 
 def test_a_converge_after_the_failovers_changes_nothing_and_keeps_the_primary(tier):
     # The Redis tier (replication and Sentinel included): the runbook tests before this one
-    # leave the app tiers on another release on purpose; their second converge is proven by
-    # the default and kernel scenarios.
+    # leave the app tiers on another release on purpose; their second converge is proven on
+    # the all-in-one host (molecule/default).
     before = tier.wait_settled()
     run = playbook("site.yml", "--tags", "redis", timeout=900)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -9,6 +9,7 @@ task sending another must all finish; test_zz_acl then finds the ACL log
 empty, so the grants cover every Redis command they need.
 """
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,7 @@ from celery import Celery, chain, chord, group
 from celery.exceptions import ChordError, TaskRevokedError
 from kombu import Queue
 
-from conftest import BROKER_DB, RESULT_DB, WEB_USER
+from conftest import BROKER_DB, RESULT_DB, WEB_USER, start_web
 
 # What a producer outside the stack sets: JSON only; queues it publishes to
 # without declaring them (the workers do: declaring needs rights the web
@@ -111,3 +112,23 @@ def test_a_rate_limited_task_runs_every_call(client):
 def test_a_task_sending_another_from_the_worker(client):
     child_id = task(client, "spawn", 41).apply_async().get(timeout=WAIT)
     assert client.AsyncResult(child_id).get(timeout=WAIT) == 42
+
+
+def test_the_front_serves_another_app_by_task_name_only(client, configs, tmp_path):
+    """With another app's allow-list: no demo endpoint; the generic API works."""
+    config = json.loads(configs["web"].read_text())
+    config["web"]["allowed_tasks"] = ["canvas.add", "canvas.total"]
+    path = tmp_path / "web.json"
+    path.write_text(json.dumps(config))
+    front = start_web(path, tmp_path)
+    try:
+        assert front.get("/add?x=1&y=2").status == 404
+        refused = front.post_json("/api/tasks/stackdemo.tasks.add", {"args": [1, 2]})
+        assert refused.status == 404, refused.text
+        task_id = front.submit("canvas.add", args=[20, 22])
+        answer = front.wait(task_id)
+        assert answer["state"] == "SUCCESS" and answer["result"] == 42, answer
+    finally:
+        assert front.process is not None
+        front.process.terminate()
+        front.process.wait(timeout=30)

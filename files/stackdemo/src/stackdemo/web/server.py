@@ -19,6 +19,7 @@ from stackdemo import sentinel
 from stackdemo.broker import sentinel_channels
 from stackdemo.config import Config, SentinelConfig
 from stackdemo.web.handlers import (
+    ADD_TASK,
     AddHandler,
     HealthHandler,
     MetricsHandler,
@@ -226,9 +227,13 @@ def _context(
 
 def make_app(ctx: Context) -> Application:
     args = {"ctx": ctx}
+    # The seed's GET /add sends the demo's add task: a front for another app, whose
+    # workers do not know that task, has no /add (404) and only the generic API.
+    serves_add = ADD_TASK in ctx.config.web.allowed_tasks
+    demo = [(r"/add", AddHandler, args)] if serves_add else []
     return Application(
         [
-            (r"/add", AddHandler, args),
+            *demo,
             (r"/api/tasks/([^/]+)", TaskHandler, args),
             (r"/healthz", HealthHandler, args),
             (r"/metrics", MetricsHandler, args),
