@@ -2,9 +2,10 @@
 # Runs Molecule scenarios: the first list one after another; the second list beside them from
 # the start, at the lowest CPU priority (tools/beside.sh).
 #   tools/molecule-scenarios.sh "default ha" "kernel"
-# The kernel scenario's emulated VMs want CPU for minutes; at the lowest priority they take only
-# what the others leave while they wait (load windows, failovers, restarts, the mirror), so the
-# scenarios in turn keep their speed and their timings.
+# The kernel scenario's Ansible runs at the lowest priority; its emulated VMs (qemu -daemonize
+# starts sessions of their own) keep a fair share of the CPU: starved, systemd in a guest times
+# out (a daemon-reload over D-Bus after 25 s) and the scenario fails. From the start, they use
+# what the first scenario leaves while it waits for its image and converges a single host.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 read -r -a in_turn <<< "${1:-}"
