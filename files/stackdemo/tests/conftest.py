@@ -172,14 +172,12 @@ def start_worker(
             "--without-mingle",
             "--without-heartbeat",
         ]
-        env = {
-            **os.environ,
-            "STACKDEMO_CONFIG": str(configs["worker"]),
+        env = {**os.environ, "STACKDEMO_CONFIG": str(configs["worker"])}
+        if app != "stackdemo.celery_app":
             # Apps other than the demo (canvas_worker) live beside the tests.
-            "PYTHONPATH": os.pathsep.join(
+            env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [TESTS, os.environ.get("PYTHONPATH")])
-            ),
-        }
+            )
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent

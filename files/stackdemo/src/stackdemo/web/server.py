@@ -19,7 +19,6 @@ from stackdemo import sentinel
 from stackdemo.broker import sentinel_channels
 from stackdemo.config import Config, SentinelConfig
 from stackdemo.web.handlers import (
-    ADD_TASK,
     AddHandler,
     HealthHandler,
     MetricsHandler,
@@ -227,13 +226,9 @@ def _context(
 
 def make_app(ctx: Context) -> Application:
     args = {"ctx": ctx}
-    # The seed's GET /add sends the demo's add task: a front for another app, whose
-    # workers do not know that task, has no /add (404) and only the generic API.
-    serves_add = ADD_TASK in ctx.config.web.allowed_tasks
-    demo = [(r"/add", AddHandler, args)] if serves_add else []
     return Application(
         [
-            *demo,
+            (r"/add", AddHandler, args),
             (r"/api/tasks/([^/]+)", TaskHandler, args),
             (r"/healthz", HealthHandler, args),
             (r"/metrics", MetricsHandler, args),
