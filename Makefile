@@ -47,13 +47,13 @@ unit: setup
 	cd files/stackdemo && ../../$(BIN)/python -m pytest -q
 	python -m pytest -q -n 2 tests/unit tests/validation
 
-# Every scenario this machine can run; one with `make molecule SCENARIO=ha`. The container
-# scenarios run in turn, the kernel scenario's VMs beside them at the lowest CPU priority.
-# rocky9 needs a registry to pull its image from: `make molecule SCENARIO=rocky9` where one is.
-SCENARIOS ?= default ha
-IDLE_SCENARIOS ?= kernel
+# Every scenario this machine can run, in two lanes side by side (tools/molecule-scenarios.sh);
+# one with `make molecule SCENARIO=ha`. rocky9 needs a registry to pull its image from:
+# `make molecule SCENARIO=rocky9` where one is.
+SCENARIOS ?= ha
+BESIDE_SCENARIOS ?= kernel default
 molecule: image
-	tools/molecule-scenarios.sh "$(or $(SCENARIO),$(SCENARIOS))" "$(if $(SCENARIO),,$(IDLE_SCENARIOS))"
+	tools/molecule-scenarios.sh "$(or $(SCENARIO),$(SCENARIOS))" "$(if $(SCENARIO),,$(BESIDE_SCENARIOS))"
 
 # Benchmarks against a converged lab (`make lab` first): bench/results.json, then the plots
 # and docs/benchmarks.md drawn from it.

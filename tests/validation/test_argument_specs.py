@@ -98,6 +98,8 @@ CASES = [
     ("tornado_web", {"tornado_web_listen_backlog": -1}, "tornado_web_listen_backlog"),
     ("tornado_web", {"tornado_web_address": "0.0.0.0 --debug"}, "tornado_web_address"),
     ("tornado_web", {"tornado_web_allowed_tasks": ["stackdemo.*"]}, "tornado_web_allowed_tasks"),
+    # One Redis server in the validation inventory: no replica to wait for.
+    ("tornado_web", {"tornado_web_publish_replica_acks": 1}, "tornado_web_publish_replica_acks"),
     ("celery_worker", {"stack_redis_host": "10.0.0.1/0?x=@evil"}, "stack_redis_host"),
     ("stackdemo_app", {"stackdemo_app_prefix": "/opt/stack demo"}, "stackdemo_app_prefix"),
     ("stackdemo_app", {"stackdemo_app_venv": "/opt/stackdemo/../../usr"}, "stackdemo_app_venv"),

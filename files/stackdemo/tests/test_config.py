@@ -83,6 +83,12 @@ def test_unknown_keys_are_named_with_a_hint():
         ({"web": {"allowed_tasks": ["no spaces"]}}, "dotted task names"),
         ({"web": {"max_wait_seconds": 0}}, "max_wait_seconds must be a number > 0"),
         ({"web": {"max_body_bytes": 1.5}}, "max_body_bytes must be an integer"),
+        ({"web": {"publish_replica_acks": -1}}, "publish_replica_acks must be an int"),
+        (
+            {"web": {"publish_replica_ack_timeout_ms": 0}},
+            "publish_replica_ack_timeout_ms must be an integer >= 1",
+        ),
+        ({"web": {"publish_replica_acks": 1}}, "publish_replica_acks needs sentinel"),
     ],
 )
 def test_invalid_values_are_explained(change, message):
@@ -141,6 +147,9 @@ def test_sentinel_urls_with_the_sentinel_object():
     assert config.sentinel.username == "stack-sentinel-client"
     assert "sentinel-secret" not in repr(config.sentinel)
     assert parse_config(MINIMAL).sentinel is None
+    waits = parse_config({**SENTINEL, "web": {"publish_replica_acks": 1}}).web
+    assert waits.publish_replica_acks == 1
+    assert waits.publish_replica_ack_timeout_ms == 1000
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 **common,
                 "broker_url": tier.sentinel_urls(WEB_USER, BROKER_DB),
                 "result_backend": tier.sentinel_urls(WEB_USER, RESULT_DB),
-                "web": {"allowed_tasks": [ADD, ECHO], "max_wait_seconds": 30},
+                "web": {
+                    "allowed_tasks": [ADD, ECHO],
+                    "max_wait_seconds": 30,
+                    "publish_replica_acks": 1,
+                    "publish_replica_ack_timeout_ms": 500,
+                },
             },
         )
         worker_log = workdir / "worker.log"
@@ -357,6 +362,31 @@ def test_frozen_primary_is_left_for_the_new_one(stack):
         "client_outage_s": round(load.outage(started), 1),
     }
     _check_every_task(stack, load, "frozen primary", figures, (started, moved_at))
+
+
+def test_a_task_no_replica_took_is_refused_not_accepted(stack):
+    wait_until(stack.tier.replicas_synced, "replication to settle", 30)
+    primary = stack.tier.master()
+    replicas = [node for node in stack.tier.nodes if node is not primary]
+    for replica in replicas:
+        replica.proc.send_signal(signal.SIGSTOP)
+    try:
+        # The primary takes the message but no replica can acknowledge it: a
+        # primary lost now would take it along, so the front must not say 202.
+        started = time.monotonic()
+        refused = stack.web.post_json(f"/api/tasks/{ADD}", {"args": [20, 22]})
+        waited = time.monotonic() - started
+    finally:
+        for replica in replicas:
+            replica.proc.send_signal(signal.SIGCONT)
+    assert refused.status == 503, refused.text
+    assert waited >= 0.5
+    wait_until(stack.tier.replicas_synced, "the replicas to catch up", 30)
+    accepted = stack.web.post_json(f"/api/tasks/{ADD}", {"args": [20, 22]})
+    assert accepted.status == 202, accepted.text
+    task_id = accepted.json()["task_id"]
+    assert stack.web.get(f"/api/tasks/{task_id}?wait=20").json()["result"] == 42
+    assert "acknowledged the message within 500 ms" in stack.web.log.read_text()
 
 
 def test_no_acl_denials_on_any_node_or_sentinel(stack):

@@ -4,7 +4,11 @@ import time
 
 from celery import Celery
 
-from stackdemo.broker import resolve_sentinel_urls_to
+from stackdemo.broker import (
+    PUBLISH_REPLICA_ACK_TIMEOUT_OPTION,
+    PUBLISH_REPLICA_ACKS_OPTION,
+    resolve_sentinel_urls_to,
+)
 from stackdemo.config import Config
 from stackdemo.settings import beat_settings, producer_settings, worker_settings
 from stackdemo.worker import install
@@ -46,6 +50,14 @@ def create_producer_app(config: Config) -> Celery:
         # kombu's own.
         settings["broker_transport"] = "stackdemo.broker:SentinelProducerTransport"
         resolve_sentinel_urls_to(settings["broker_transport"])
+        settings["broker_transport_options"].update(
+            {
+                PUBLISH_REPLICA_ACKS_OPTION: config.web.publish_replica_acks,
+                PUBLISH_REPLICA_ACK_TIMEOUT_OPTION: (
+                    config.web.publish_replica_ack_timeout_ms
+                ),
+            }
+        )
         # A switchover (playbooks/ops/switchover.yml) closes the connections
         # whose writes it held paused; until the Sentinels' SENTINEL MASTERS
         # (what redis-py asks) names the new primary, about a second after

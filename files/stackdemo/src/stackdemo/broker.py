@@ -55,6 +55,11 @@ from stackdemo.sentinel import drop_connections
 log = logging.getLogger(__name__)
 
 
+# Transport options of a producer whose publishes wait for replicas (Channel._put).
+PUBLISH_REPLICA_ACKS_OPTION = "publish_replica_acks"
+PUBLISH_REPLICA_ACK_TIMEOUT_OPTION = "publish_replica_ack_timeout_ms"
+
+
 def node_transport_options(nodename: str) -> dict[str, str]:
     """Transport options that give one worker node its own unacked keys."""
     options = {
@@ -214,9 +219,15 @@ class QoS(kombu_redis.QoS):
         virtual.QoS.append(self, message, delivery_tag)
 
 
+class UnreplicatedPublish(Exception):
+    """A message the primary took but too few replicas acknowledged in time."""
+
+
 class Channel(kombu_redis.Channel):
     QoS = QoS
     in_flight_key_prefix = IN_FLIGHT_KEY_PREFIX
+    publish_replica_acks = 0
+    publish_replica_ack_timeout_ms = 1000
     # Next pop: a sweep of every list (True) or an idle wait on the first (False).
     _sweep_next = True
     _pending_pop: tuple[str, str | None] = ("EVALSHA", None)
@@ -225,6 +236,43 @@ class Channel(kombu_redis.Channel):
         super().__init__(*args, **kwargs)
         options = self.connection.client.transport_options
         self.in_flight_key_prefix = options.get(IN_FLIGHT_OPTION, IN_FLIGHT_KEY_PREFIX)
+        self.publish_replica_acks = options.get(
+            PUBLISH_REPLICA_ACKS_OPTION, self.publish_replica_acks
+        )
+        self.publish_replica_ack_timeout_ms = options.get(
+            PUBLISH_REPLICA_ACK_TIMEOUT_OPTION, self.publish_replica_ack_timeout_ms
+        )
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """LPUSH, then WAIT for replicas on the same connection (one pipeline).
+
+        Redis acknowledges a write before any replica has it: a primary lost
+        at that moment takes the message along, after the producer was told
+        it was sent. With WAIT the producer is told so only once
+        ``publish_replica_acks`` replicas hold it; otherwise the publish
+        fails, the caller refuses the task, and the message, still on the
+        primary, may run all the same (at least once, never silently lost).
+        """
+        acks = self.publish_replica_acks
+        if not acks or kwargs.get("_publish_batch") is not None:
+            super()._put(queue, message, **kwargs)
+            return
+        key = self._q_for_pri(queue, self._get_message_priority(message, reverse=False))
+        with self.conn_or_acquire() as client:
+            with client.pipeline(transaction=False) as pipe:
+                pipe.lpush(key, dumps(message))
+                if self._expires and queue in self._expires:
+                    for priority in self.priority_steps:
+                        pipe.pexpire(
+                            self._q_for_pri(queue, priority), self._expires[queue]
+                        )
+                pipe.execute_command("WAIT", acks, self.publish_replica_ack_timeout_ms)
+                acked = pipe.execute()[-1]
+        if acked < acks:
+            raise UnreplicatedPublish(
+                f"{acked} of {acks} replica(s) acknowledged the message within "
+                f"{self.publish_replica_ack_timeout_ms} ms"
+            )
 
     def _get_client(self) -> Any:
         return functools.partial(_ScreeningRedis, screen=self._screen_popped)

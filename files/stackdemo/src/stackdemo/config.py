@@ -34,6 +34,11 @@ class WebConfig:
     max_wait_seconds: float = 30
     max_body_bytes: int = 65536
     max_eta_past_seconds: float = 60
+    # A task is accepted (202) only once this many replicas hold its message
+    # (WAIT after the LPUSH): a primary lost right after acknowledging it
+    # cannot take it along. 0 with a single Redis server.
+    publish_replica_acks: int = 0
+    publish_replica_ack_timeout_ms: int = 1000
 
 
 @dataclass(frozen=True)
@@ -97,6 +102,8 @@ _WEB_KEYS = (
     "max_wait_seconds",
     "max_body_bytes",
     "max_eta_past_seconds",
+    "publish_replica_acks",
+    "publish_replica_ack_timeout_ms",
 )
 
 
@@ -173,6 +180,11 @@ def _parse(data: Any) -> Config:
         kwargs["sentinel"] = _sentinel(data["sentinel"])
     elif uses_sentinel:
         raise ConfigError("sentinel:// URLs need the 'sentinel' object (master_name)")
+    web = kwargs.get("web")
+    if web is not None and web.publish_replica_acks and not uses_sentinel:
+        # Replicas exist only in a tier the Sentinels manage: with one server
+        # every publish would wait out the timeout and be refused.
+        raise ConfigError("web.publish_replica_acks needs sentinel:// URLs")
     return Config(**kwargs)
 
 
@@ -257,6 +269,16 @@ def _web(data: Any) -> WebConfig:
     if "max_eta_past_seconds" in data:
         kwargs["max_eta_past_seconds"] = _number(
             data["max_eta_past_seconds"], "web.max_eta_past_seconds", minimum=0
+        )
+    if "publish_replica_acks" in data:
+        kwargs["publish_replica_acks"] = _integer(
+            data["publish_replica_acks"], "web.publish_replica_acks", minimum=0
+        )
+    if "publish_replica_ack_timeout_ms" in data:
+        kwargs["publish_replica_ack_timeout_ms"] = _integer(
+            data["publish_replica_ack_timeout_ms"],
+            "web.publish_replica_ack_timeout_ms",
+            minimum=1,
         )
     return WebConfig(**kwargs)
 

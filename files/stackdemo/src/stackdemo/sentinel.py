@@ -26,17 +26,41 @@ Failure detection, and why it is not left to the TCP stack alone:
 
 The consumer watchdog's 60 s (worker.STALL_SECONDS) is left alone: it is the
 last resort against a consumer kombu lost track of, not a failure detector.
+
+Finding the primary after a partition healed (install_failover_awareness):
+
+* redis-py takes the first Sentinel that answers. The Sentinel that was cut
+  off with the old primary still names it for a second or two after the
+  partition heals, until its peers' hello messages reach it; a client that
+  asks it first (redis-py keeps each client's last good Sentinel first) is
+  sent to the old primary. Here a client asks Sentinels until a majority of
+  them agree, and without a majority takes the answer of the newest epoch.
+* That old primary refuses writes (NOREPLICAS: min-replicas-to-write) until
+  the Sentinels demote it. redis-py raises READONLY from what it took for the
+  primary as a connection error, so that every retry layer (its own, kombu's,
+  Celery's result backend) asks the Sentinels again, but NOREPLICAS as a plain
+  ResponseError: Celery then records a task as failed and acks it (the task is
+  lost), and a consumer stops on it. Here NOREPLICAS is handled as READONLY.
+* A Sentinel that does not answer is given up after its timeout, not retried:
+  redis-py's default of 10 retries made one unreachable Sentinel cost ~25 s
+  per question, longer than the failover itself.
 """
 
+import functools
 import logging
 import os
 import socket
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from redis.sentinel import Sentinel
+import redis.asyncio.retry
+import redis.retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 
 from stackdemo.config import SENTINEL_URL_SEP, Config, SentinelConfig
 
@@ -88,9 +112,14 @@ def socket_options(reply_timeout: float | None = REPLY_TIMEOUT) -> dict[str, Any
     }
 
 
-def sentinel_kwargs(sentinel: SentinelConfig) -> dict[str, Any]:
+def sentinel_kwargs(
+    sentinel: SentinelConfig, asynchronous: bool = False
+) -> dict[str, Any]:
     """Connection arguments of the connections to the Sentinels themselves."""
+    retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
     kwargs: dict[str, Any] = {
+        # No retry: the next Sentinel is the retry.
+        "retry": retry_class(NoBackoff(), 0),
         "socket_timeout": SENTINEL_TIMEOUT,
         "socket_connect_timeout": SENTINEL_TIMEOUT,
         "socket_keepalive": True,
@@ -222,3 +251,67 @@ class MasterWatch:
         self.poll()
         while not self._stop.wait(self._interval):
             self.poll()
+
+
+def _majority_master(sentinel: Sentinel, service_name: str) -> tuple[str, int]:
+    """The primary a majority of the Sentinels name, else the newest epoch's."""
+    needed = len(sentinel.sentinels) // 2 + 1
+    votes: Counter[tuple[str, int]] = Counter()
+    epochs: dict[tuple[str, int], int] = {}
+    answered, errors = [], []
+    for client in list(sentinel.sentinels):
+        try:
+            state = client.sentinel_masters().get(service_name)
+        except (ConnectionError, TimeoutError) as exc:
+            errors.append(f"{client} - {exc!r}")
+            continue
+        answered.append(client)
+        if not state or not sentinel.check_master_state(state, service_name):
+            continue
+        address = (str(state["ip"]), int(state["port"]))
+        votes[address] += 1
+        epochs[address] = max(epochs.get(address, 0), int(state.get("config-epoch", 0)))
+        if votes[address] >= needed:
+            break
+    # Those that answered first next time: a Sentinel that is down costs its
+    # timeout once, not on every question.
+    sentinel.sentinels[:] = answered + [
+        client for client in sentinel.sentinels if client not in answered
+    ]
+    if not votes:
+        details = f": {', '.join(errors)}" if errors else ""
+        raise MasterNotFoundError(f"No master found for {service_name!r}{details}")
+    return max(votes, key=lambda address: (votes[address], epochs[address]))
+
+
+def _noreplicas_as_connection_error(read_response: Callable) -> Callable:
+    @functools.wraps(read_response)
+    def wrapper(self: SentinelManagedConnection, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return read_response(self, *args, **kwargs)
+        except ResponseError as exc:
+            if self.connection_pool.is_master and str(exc).startswith("NOREPLICAS"):
+                # As redis-py does for READONLY: a write refused, never run.
+                self.disconnect()
+                raise ConnectionError(f"the primary refuses writes: {exc}") from exc
+            raise
+
+    wrapper.stack_failover_aware = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def install_failover_awareness() -> None:
+    """Apply the module docstring's partition rules to every Sentinel client.
+
+    A process-wide change of redis-py: kombu's and Celery's Sentinel clients
+    are built inside those libraries, with no hook for either rule.
+    """
+    if getattr(SentinelManagedConnection.read_response, "stack_failover_aware", False):
+        return
+    SentinelManagedConnection.read_response = _noreplicas_as_connection_error(
+        SentinelManagedConnection.read_response
+    )
+    Sentinel.discover_master = _majority_master
+
+
+install_failover_awareness()

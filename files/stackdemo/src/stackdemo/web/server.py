@@ -159,7 +159,7 @@ def _sentinel_context(config: Config, settings: SentinelConfig) -> Context:
     """
     manager = Sentinel(
         sentinel.sentinel_addresses(config.result_backend),
-        sentinel_kwargs=sentinel.sentinel_kwargs(settings),
+        sentinel_kwargs=sentinel.sentinel_kwargs(settings, asynchronous=True),
     )
     name = settings.master_name
     reads_retry = Retry(ExponentialBackoff(cap=1.0, base=0.1), 2)
