@@ -100,6 +100,7 @@ CASES = [
     ("tornado_web", {"tornado_web_allowed_tasks": ["stackdemo.*"]}, "tornado_web_allowed_tasks"),
     # One Redis server in the validation inventory: no replica to wait for.
     ("tornado_web", {"tornado_web_publish_replica_acks": 1}, "tornado_web_publish_replica_acks"),
+    ("redis", {"redis_repl_diskless_sync_delay": -1}, "redis_repl_diskless_sync_delay"),
     ("celery_worker", {"stack_redis_host": "10.0.0.1/0?x=@evil"}, "stack_redis_host"),
     ("stackdemo_app", {"stackdemo_app_prefix": "/opt/stack demo"}, "stackdemo_app_prefix"),
     ("stackdemo_app", {"stackdemo_app_venv": "/opt/stackdemo/../../usr"}, "stackdemo_app_venv"),
