@@ -24,5 +24,6 @@ one_after_another() {
 if ((${#beside[@]} == 0)); then
   exec bash -c "$(one_after_another "${in_turn[@]}")"
 fi
-exec tools/beside.sh "${beside[*]// /-}" 0 "$(one_after_another "${beside[@]}")" \
+lane=$(IFS=-; echo "${beside[*]}")
+exec tools/beside.sh "$lane" 0 "$(one_after_another "${beside[@]}")" \
   bash -c "$(one_after_another "${in_turn[@]}")"

@@ -1,6 +1,7 @@
 """The application tier as deployed: task API, routing, countdown/expires, JSON-only workers."""
 
 import json
+import re
 import shlex
 import uuid
 
@@ -128,6 +129,12 @@ def test_health_and_metrics(web_hosts):
         + shlex.quote(web_url(host, "/metrics"))
     )
     assert "# TYPE" in metrics
+    # Messages waiting in every queue the inventory routes to, and the process's own figures.
+    config = json.loads(host.file("/etc/stackdemo/web.json").content_string)
+    queues = {config["default_queue"]} | {route["queue"] for route in config.get("task_routes", {}).values()}
+    for queue in queues:
+        assert re.search(rf'^stackdemo_queue_messages{{queue="{re.escape(queue)}"}} \d+$', metrics, re.M)
+    assert re.search(r"^process_resident_memory_bytes [1-9]\d*$", metrics, re.M)
 
 
 def test_beat_runs_on_exactly_one_host_and_sends_its_schedule(worker_hosts):

@@ -129,6 +129,8 @@ def test_the_front_serves_another_app_by_task_name_only(client, configs, tmp_pat
     try:
         refused = front.post_json("/api/tasks/stackdemo.tasks.add", {"args": [1, 2]})
         assert refused.status == 404, refused.text
+        # The seed's /add is the demo's add task: not this app's.
+        assert front.get("/add?x=1&y=2").status == 404
         task_id = front.submit("canvas.add", args=[20, 22])
         answer = front.wait(task_id)
         assert answer["state"] == "SUCCESS" and answer["result"] == 42, answer

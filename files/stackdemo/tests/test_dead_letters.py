@@ -3,6 +3,7 @@
 import base64
 import json
 import re
+import time
 import uuid
 
 import pytest
@@ -102,3 +103,17 @@ def test_garbage_is_dead_lettered_and_the_worker_keeps_serving(
     metrics = web.get("/metrics").text
     assert re.search(rf"^stackdemo_dead_letters {len(GARBAGE)}$", metrics, re.M)
     assert re.search(rf"^stackdemo_dead_letters_moved {len(GARBAGE)}$", metrics, re.M)
+
+
+def test_an_empty_message_reaching_an_idle_worker_is_dead_lettered(
+    web, worker, broker_db, web_producer
+):
+    # An idle pool waits with BLMOVE, whose reply is the message itself: an
+    # empty one must not be taken for "nothing popped" and left in flight.
+    broker_db.delete(DEAD, TOTAL)
+    assert web.get("/add?x=1&y=1").json()["result"] == 2
+    time.sleep(1)  # past the sweep that follows a task: the pool waits idle
+    web_producer.lpush("celery", b"")
+    wait_until(lambda: broker_db.llen(DEAD) == 1, "the empty message dead-lettered")
+    assert _dead_letters(broker_db)[0]["reason"] == "unreadable message: not JSON"
+    assert not [key for key in broker_db.keys("inflight@*") if broker_db.llen(key)]

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,11 @@ def test_metrics(web):
     assert "# TYPE stackdemo_result_waits_in_flight gauge" in text
     assert "# TYPE stackdemo_task_submit_errors_total counter" in text
     assert "stackdemo_result_subscriber_connected 1" in text
+    assert re.search(r"^process_resident_memory_bytes [1-9]\d*$", text, re.M)
+    assert re.search(r"^process_open_fds [1-9]\d*$", text, re.M)
+    started = float(re.search(r"^process_start_time_seconds (\S+)$", text, re.M)[1])
+    assert time.time() - 3600 < started < time.time()
+    assert re.search(r'^stackdemo_queue_messages\{queue="celery"\} \d+$', text, re.M)
     for line in text.splitlines():
         assert line.startswith("# ") or SAMPLE.fullmatch(line), line
 

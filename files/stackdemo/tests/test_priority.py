@@ -29,6 +29,11 @@ def test_priority_routing_and_order(web, broker_db, start_worker):
     for key, length in lengths.items():
         assert broker_db.llen(key) == length, key
     assert broker_db.llen("prio:1") == 0
+    # What operators see of it: one gauge per queue, every priority list counted.
+    metrics = web.get("/metrics").text
+    assert (
+        f'stackdemo_queue_messages{{queue="prio"}} {sum(lengths.values())}\n' in metrics
+    )
 
     # One worker that runs one task at a time makes the order observable.
     proc, log = start_worker("prio", queues="prio", pool="solo", concurrency=1)

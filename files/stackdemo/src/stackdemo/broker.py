@@ -350,8 +350,10 @@ class Channel(kombu_redis.Channel):
             reply = self._read_pop_reply(command, **options)
             last_pop_reply["at"] = time.monotonic()
             # After a message or an idle wait, sweep; after an empty sweep, wait.
-            self._sweep_next = bool(reply) or command == "BLMOVE"
-            if not reply:
+            # Nothing popped is nil (None): an empty string is a message, one
+            # that BLMOVE already moved in flight, to be dead-lettered below.
+            self._sweep_next = reply is not None or command == "BLMOVE"
+            if reply is None:
                 raise kombu_redis.Empty()
             source, raw = (waited_on, reply) if command == "BLMOVE" else reply
             source = source.decode() if isinstance(source, bytes) else source

@@ -16,6 +16,17 @@ DEFAULT_PATH = "/etc/stackdemo/stackdemo.json"
 # kombu names the Redis list of priority N "<queue><sep><N>"; a printable
 # separator lets the roles grant those lists with ACL patterns like ~celery:*
 PRIORITY_SEP = ":"
+# kombu's priority levels on Redis, one list each: 0 is the queue's own list.
+PRIORITY_STEPS = tuple(range(10))
+
+
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists of a queue, as kombu names them (Channel._q_for_pri)."""
+    return [
+        queue if not step else f"{queue}{PRIORITY_SEP}{step}" for step in PRIORITY_STEPS
+    ]
+
+
 # No PRIORITY_SEP in queue names, or one queue's lists could be another's.
 _QUEUE_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _TASK_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")

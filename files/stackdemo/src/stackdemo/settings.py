@@ -3,7 +3,7 @@
 from typing import Any
 
 from stackdemo import sentinel
-from stackdemo.config import PRIORITY_SEP, Config
+from stackdemo.config import PRIORITY_SEP, PRIORITY_STEPS, Config
 
 # Custom key in app.conf through which the worker's tasks read the file.
 ADD_DELAY_SETTING = "stackdemo_add_delay_seconds"
@@ -32,7 +32,7 @@ def broker_transport_options(config: Config) -> dict[str, Any]:
         "visibility_timeout": config.visibility_timeout,
         # One Redis list per level so 0-9 are all distinct; kombu pops the
         # lists in this order, so with Redis priority 0 is served first.
-        "priority_steps": list(range(10)),
+        "priority_steps": list(PRIORITY_STEPS),
         "sep": PRIORITY_SEP,
         "queue_order_strategy": "priority",
         **sentinel_transport_options(config),

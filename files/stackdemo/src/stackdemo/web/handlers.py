@@ -9,9 +9,14 @@ from typing import TYPE_CHECKING, Any
 from redis.exceptions import RedisError
 from tornado.web import HTTPError, RequestHandler, stream_request_body
 
+from stackdemo.config import priority_lists
 from stackdemo.keys import DEAD_LETTER_KEY, DEAD_LETTER_TOTAL_KEY
 from stackdemo.web.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from stackdemo.web.metrics import render_gauge
+from stackdemo.web.metrics import (
+    render_gauge,
+    render_process,
+    render_queue_depths,
+)
 from stackdemo.web.results import KEY_PREFIX, READY_STATES, parse_meta
 from stackdemo.web.validation import (
     ApiError,
@@ -249,15 +254,26 @@ class MetricsHandler(BaseHandler):
     metric_name = "metrics"
 
     async def get(self) -> None:
-        body = self.ctx.metrics.render()
+        body = self.ctx.metrics.render() + render_process()
+        lists = {queue: priority_lists(queue) for queue in self.ctx.config.queues}
         try:
-            # Plain reads, no MULTI: the web's ACL grants these keys read-only.
+            # Plain reads, no MULTI: the web's ACL grants the dead letters read-only.
             async with self.ctx.broker.pipeline(transaction=False) as pipe:
                 pipe.llen(DEAD_LETTER_KEY).get(DEAD_LETTER_TOTAL_KEY)
-                held, total = await pipe.execute()
+                for names in lists.values():
+                    for name in names:
+                        pipe.llen(name)
+                held, total, *lengths = await pipe.execute()
         except (RedisError, OSError):
             held = total = None  # the broker's health is /healthz's job
         if held is not None:
+            depths = iter(lengths)
+            body += render_queue_depths(
+                {
+                    queue: sum(next(depths) for _ in names)
+                    for queue, names in lists.items()
+                }
+            )
             body += render_gauge(
                 "stackdemo_dead_letters",
                 "Messages the workers could not handle, kept for inspection.",

@@ -1,8 +1,10 @@
 """Prometheus text exposition, small enough not to need prometheus_client."""
 
 import bisect
+import os
+import resource
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -85,6 +87,77 @@ def render_gauge(name: str, help_text: str, value: float) -> str:
     out: list[str] = []
     _header(out, name, "gauge", help_text)
     out.append(f"{name} {_number(value)}")
+    return "\n".join(out) + "\n"
+
+
+def render_queue_depths(depths: Mapping[str, int]) -> str:
+    """Messages waiting in each queue, all priority lists counted."""
+    out: list[str] = []
+    name = "stackdemo_queue_messages"
+    _header(out, name, "gauge", "Messages waiting in a queue (every priority).")
+    for queue, depth in sorted(depths.items()):
+        out.append(f"{name}{_labels(queue=queue)} {depth}")
+    return "\n".join(out) + "\n"
+
+
+def _boot_time() -> float:
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            if line.startswith("btime "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def render_process() -> str:
+    """prometheus_client's process_* metrics, read from /proc/self (Linux)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            # Fields after the command name, which may itself hold spaces.
+            fields = stat.read().rsplit(")", 1)[1].split()
+        open_fds = len(os.listdir("/proc/self/fd"))
+        boot_time = _boot_time()
+    except OSError:
+        return ""
+    ticks = os.sysconf("SC_CLK_TCK")
+    page = resource.getpagesize()
+    # man 5 proc: utime, stime (14, 15), starttime (22), vsize (23), rss (24).
+    values = (
+        (
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time (s).",
+            (int(fields[11]) + int(fields[12])) / ticks,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size.",
+            int(fields[20]),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size.",
+            int(fields[21]) * page,
+        ),
+        (
+            "process_start_time_seconds",
+            "gauge",
+            "Start time (Unix time).",
+            boot_time + int(fields[19]) / ticks,
+        ),
+        ("process_open_fds", "gauge", "Open file descriptors.", open_fds),
+        (
+            "process_max_fds",
+            "gauge",
+            "Maximum open file descriptors.",
+            resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        ),
+    )
+    out: list[str] = []
+    for name, kind, help_text, value in values:
+        _header(out, name, kind, help_text)
+        out.append(f"{name} {_number(value)}")
     return "\n".join(out) + "\n"
 
 

@@ -19,6 +19,7 @@ from stackdemo import sentinel
 from stackdemo.broker import sentinel_channels
 from stackdemo.config import Config, SentinelConfig
 from stackdemo.web.handlers import (
+    ADD_TASK,
     AddHandler,
     HealthHandler,
     MetricsHandler,
@@ -226,13 +227,17 @@ def _context(
 
 def make_app(ctx: Context) -> Application:
     args = {"ctx": ctx}
+    routes = [
+        (r"/api/tasks/([^/]+)", TaskHandler, args),
+        (r"/healthz", HealthHandler, args),
+        (r"/metrics", MetricsHandler, args),
+    ]
+    # The seed's /add sends the demo's add task: a front for another app,
+    # whose workers do not know it, must not put it in their queues.
+    if ADD_TASK in ctx.config.web.allowed_tasks:
+        routes.append((r"/add", AddHandler, args))
     return Application(
-        [
-            (r"/add", AddHandler, args),
-            (r"/api/tasks/([^/]+)", TaskHandler, args),
-            (r"/healthz", HealthHandler, args),
-            (r"/metrics", MetricsHandler, args),
-        ],
+        routes,
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
     )
