@@ -1,6 +1,7 @@
 """Prometheus text exposition, small enough not to need prometheus_client."""
 
 import bisect
+import functools
 import os
 import resource
 from collections import Counter
@@ -100,7 +101,9 @@ def render_queue_depths(depths: Mapping[str, int]) -> str:
     return "\n".join(out) + "\n"
 
 
+@functools.cache
 def _boot_time() -> float:
+    # Fixed until the next boot: read once, not at every scrape.
     with open("/proc/stat", encoding="ascii") as stat:
         for line in stat:
             if line.startswith("btime "):
