@@ -13,6 +13,7 @@ from celery import Celery, Task, bootsteps, signals
 from celery.exceptions import Ignore
 from celery.states import READY_STATES
 from celery.worker import state as worker_state
+from celery.worker.request import Request
 
 from stackdemo import sentinel
 from stackdemo.broker import (
@@ -27,6 +28,24 @@ from stackdemo.broker import (
 log = logging.getLogger(__name__)
 
 
+class ConnectionLossSafeRequest(Request):
+    """A task stopped because the broker connection was lost records nothing.
+
+    Celery stops every unacknowledged late-ack task when its connection is
+    lost (worker_cancel_long_running_tasks_on_connection_loss: the message
+    comes back) and stores RETRY for it from the main process. With Redis
+    away that store blocks the main process for the result retries (~12 s)
+    and then fails, the request is not marked cancelled, and the stopped
+    child is taken for a revoke: REVOKED is stored once Redis is back and the
+    returning copy is skipped as finished (lost). With Redis back already,
+    RETRY overwrites a SUCCESS the child stored just before, and the copy runs
+    a second time. The returning message is the only record needed.
+    """
+
+    def cancel(self, pool: Any, signal: Any = None, emit_retry: bool = True) -> None:
+        super().cancel(pool, signal, emit_retry=False)
+
+
 class RedeliverySafeTask(Task):
     """Skips a redelivered message whose task already has a final result.
 
@@ -36,6 +55,7 @@ class RedeliverySafeTask(Task):
     """
 
     abstract = True
+    Request = "stackdemo.worker:ConnectionLossSafeRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
