@@ -50,7 +50,7 @@ unit: setup
 # Every scenario this machine can run, in two lanes side by side (tools/molecule-scenarios.sh);
 # one with `make molecule SCENARIO=ha`. rocky9 needs a registry to pull its image from:
 # `make molecule SCENARIO=rocky9` where one is.
-SCENARIOS ?= ha
+SCENARIOS ?= ha byo
 BESIDE_SCENARIOS ?= kernel default
 molecule: image
 	tools/molecule-scenarios.sh "$(or $(SCENARIO),$(SCENARIOS))" "$(if $(SCENARIO),,$(BESIDE_SCENARIOS))"

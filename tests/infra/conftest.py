@@ -157,7 +157,21 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "disruptive: fails the Redis primary over; runs after the others")
 
 
-def pytest_collection_modifyitems(items):
+def _runs_a_project_of_its_own():
+    inventory = AnsibleRunner(os.environ["MOLECULE_INVENTORY_FILE"])
+    workers = inventory.get_hosts("celery_workers")
+    return bool(workers) and bool(inventory.get_variables(workers[0]).get("celery_worker_app"))
+
+
+def pytest_collection_modifyitems(config, items):
+    # Hosts running a user's project get test_byo.py; the others test the demo, which those
+    # hosts do not have (its tasks, /add, the chaos suite's load).
+    if "MOLECULE_INVENTORY_FILE" in os.environ:
+        byo = _runs_a_project_of_its_own()
+        deselected = [item for item in items if (item.path.name == "test_byo.py") != byo]
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = [item for item in items if item not in deselected]
     # The failover faults change which host is primary: every other test runs before them.
     items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
 

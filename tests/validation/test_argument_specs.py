@@ -105,6 +105,21 @@ CASES = [
     ("stackdemo_app", {"stackdemo_app_prefix": "/opt/stack demo"}, "stackdemo_app_prefix"),
     ("stackdemo_app", {"stackdemo_app_venv": "/opt/stackdemo/../../usr"}, "stackdemo_app_venv"),
     ("stackdemo_app", {"stackdemo_app_config_dir": "/etc"}, "stackdemo_app_config_dir"),
+    ("stackdemo_app", {"stackdemo_app_project_source": "/nonexistent/proj"}, "stackdemo_app_project_source"),
+    # A directory, but not a Python project.
+    ("stackdemo_app", {"stackdemo_app_project_source": str(ROOT / "docs")}, "stackdemo_app_project_source"),
+    (
+        "stackdemo_app",
+        {
+            "stackdemo_app_project_source": str(ROOT / "tests" / "example_project"),
+            "stackdemo_app_project_lock_file": "/nonexistent/requirements.lock",
+        },
+        "stackdemo_app_project_lock_file",
+    ),
+    ("celery_worker", {"celery_worker_app": "myproj.celery"}, "celery_worker_app"),
+    ("celery_worker", {"celery_worker_app": "myproj:app; rm -rf /"}, "celery_worker_app"),
+    # An app with nothing installed to provide it.
+    ("celery_worker", {"celery_worker_app": "myproj.celery:app"}, "celery_worker_app"),
 ]
 
 

@@ -17,6 +17,10 @@ from acl_rules import web_rule, worker_rule
 from helpers import Web, free_port, stop_process, wait_until
 
 TESTS = str(Path(__file__).resolve().parent)
+# The example of a user's own project that the byo scenario deploys.
+EXAMPLE_PROJECT = str(
+    Path(__file__).resolve().parents[3] / "tests" / "example_project" / "src"
+)
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 BROKER_DB = 1
 RESULT_DB = 0
@@ -38,8 +42,8 @@ TASK_ROUTES = {
     "stackdemo.batch.*": {"queue": "prio"},
     # Likewise for "crash", the queue of the hard-crash tests' own worker.
     "stackdemo.crash.*": {"queue": "crash"},
-    # Another app's tasks (canvas_tasks), consumed by a worker of their own.
-    "canvas.*": {"queue": "canvas"},
+    # A user's own project (tests/example_project), run by a worker of its own.
+    "exampleproj.*": {"queue": "canvas"},
 }
 
 
@@ -147,6 +151,7 @@ def start_worker(
         pool: str = "prefork",
         concurrency: int = 2,
         app: str = "stackdemo.celery_app",
+        config: Path | None = None,
     ) -> tuple[subprocess.Popen, Path]:
         log = tmp_path_factory.mktemp(f"worker-{name}") / "worker.log"
         cmd = [
@@ -172,12 +177,14 @@ def start_worker(
             "--without-mingle",
             "--without-heartbeat",
         ]
-        env = {**os.environ, "STACKDEMO_CONFIG": str(configs["worker"])}
-        if app != "stackdemo.celery_app":
-            # Apps other than the demo (canvas_worker) live beside the tests.
-            env["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [TESTS, os.environ.get("PYTHONPATH")])
-            )
+        env = {
+            **os.environ,
+            "STACKDEMO_CONFIG": str(config or configs["worker"]),
+            # A user's project, as if installed beside the stack.
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [EXAMPLE_PROJECT, os.environ.get("PYTHONPATH")])
+            ),
+        }
         with log.open("wb") as out:
             proc = subprocess.Popen(
                 cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=log.parent

@@ -1,7 +1,8 @@
 """Another app's canvas through the stack, from a plain Celery client.
 
-The worker runs canvas_tasks under the stack's worker settings and the
-worker tier's ACL user; the client is what a user's own project (a Django
+The worker runs a user's own project (tests/example_project, named by the
+worker's ``celery_app`` setting) under the stack's worker settings and the worker
+tier's ACL user; the client is what a user's own project (a Django
 app, a script) would configure: a bare ``Celery()`` with the web tier's
 credentials and the settings below, nothing of the demo. Chains, groups,
 chords (one whose header fails), retries, ETAs, expiry, rate limits and a
@@ -20,7 +21,7 @@ from celery.exceptions import ChordError, TaskRevokedError
 from kombu import Queue
 
 from conftest import BROKER_DB, RESULT_DB, WEB_USER, start_web
-from helpers import stop_process
+from helpers import stop_process, wait_until
 
 # What a producer outside the stack sets: JSON only; queues it publishes to
 # without declaring them (the workers do: declaring needs rights the web
@@ -36,16 +37,22 @@ CLIENT_SETTINGS = {
     "result_serializer": "json",
     "accept_content": ["json"],
     "result_accept_content": ["json"],
-    "task_routes": {"canvas.*": {"queue": "canvas"}},
+    "task_routes": {"exampleproj.*": {"queue": "canvas"}},
 }
 WAIT = 30
 
 
 @pytest.fixture(scope="module")
-def client(redis_server, start_worker) -> Iterator[Celery]:
-    proc, _ = start_worker(
-        "canvas", queues="canvas", app="canvas_worker", concurrency=4
+def client(redis_server, start_worker, configs, tmp_path_factory) -> Iterator[Celery]:
+    config = json.loads(configs["worker"].read_text())
+    config["celery_app"] = "exampleproj.celery:app"
+    path = tmp_path_factory.mktemp("canvas") / "worker.json"
+    path.write_text(json.dumps(config))
+    proc, worker_log = start_worker(
+        "canvas", queues="canvas", concurrency=4, config=path
     )
+    banner = worker_log.read_text()
+    assert "exampleproj" in banner and "stackdemo.broker:Transport" in banner
     app = Celery(
         "a-users-project",
         broker=redis_server.url(WEB_USER, BROKER_DB),
@@ -53,6 +60,7 @@ def client(redis_server, start_worker) -> Iterator[Celery]:
         set_as_current=False,
     )
     app.conf.update(CLIENT_SETTINGS)
+    app.worker_log = worker_log  # type: ignore[attr-defined]
     yield app
     app.close()
     # Its pool is of no use to the modules after this one: CPU back to them.
@@ -60,7 +68,7 @@ def client(redis_server, start_worker) -> Iterator[Celery]:
 
 
 def task(app: Celery, name: str, *args):
-    return app.signature(f"canvas.{name}", args=args)
+    return app.signature(f"exampleproj.{name}", args=args)
 
 
 def test_a_chain_passes_each_result_on(client):
@@ -122,7 +130,7 @@ def test_a_task_sending_another_from_the_worker(client):
 def test_the_front_serves_another_app_by_task_name_only(client, configs, tmp_path):
     """With another app's allow-list, the generic API serves that app's tasks."""
     config = json.loads(configs["web"].read_text())
-    config["web"]["allowed_tasks"] = ["canvas.add", "canvas.total"]
+    config["web"]["allowed_tasks"] = ["exampleproj.add", "exampleproj.total"]
     path = tmp_path / "web.json"
     path.write_text(json.dumps(config))
     front = start_web(path, tmp_path)
@@ -131,10 +139,21 @@ def test_the_front_serves_another_app_by_task_name_only(client, configs, tmp_pat
         assert refused.status == 404, refused.text
         # The seed's /add is the demo's add task: not this app's.
         assert front.get("/add?x=1&y=2").status == 404
-        task_id = front.submit("canvas.add", args=[20, 22])
+        task_id = front.submit("exampleproj.add", args=[20, 22])
         answer = front.wait(task_id)
         assert answer["state"] == "SUCCESS" and answer["result"] == 42, answer
     finally:
         assert front.process is not None
         front.process.terminate()
         front.process.wait(timeout=30)
+
+
+def test_the_stack_settings_win_over_the_projects_own(client, result_db):
+    """exampleproj accepts pickle: the stack's worker does not."""
+    pickled = client.send_task("exampleproj.add", args=[1, 2], serializer="pickle")
+    wait_until(
+        lambda: "untrusted content" in client.worker_log.read_text(),
+        "the worker to refuse the pickle message",
+    )
+    assert result_db.get(f"celery-task-meta-{pickled.id}") is None
+    assert task(client, "add", 1, 2).apply_async().get(timeout=WAIT) == 3

@@ -89,6 +89,9 @@ def test_unknown_keys_are_named_with_a_hint():
             "publish_replica_ack_timeout_ms must be an integer >= 1",
         ),
         ({"web": {"publish_replica_acks": 1}}, "publish_replica_acks needs sentinel"),
+        ({"celery_app": "myproj.celery"}, "celery_app must name a Celery app as"),
+        ({"celery_app": "my proj:app"}, "celery_app must name a Celery app as"),
+        ({"celery_app": ["myproj:app"]}, "celery_app must name a Celery app as"),
     ],
 )
 def test_invalid_values_are_explained(change, message):

@@ -116,11 +116,12 @@ def test_sigterm_stops_the_web_cleanly(broken_web):
     assert "stopping" in broken_web.log.read_text()
 
 
-def _bad_config(tmp_path: Path) -> dict[str, str]:
+def _bad_config(tmp_path: Path, **extra: object) -> dict[str, str]:
     path = tmp_path / "bad.json"
+    extra = extra or {"colour": 1}
     path.write_text(
         json.dumps(
-            {"broker_url": "redis://h/1", "result_backend": "redis://h/0", "colour": 1}
+            {"broker_url": "redis://h/1", "result_backend": "redis://h/0", **extra}
         )
     )
     return {**os.environ, "STACKDEMO_CONFIG": str(path)}
@@ -146,3 +147,18 @@ def test_worker_refuses_a_bad_config(tmp_path):
     )
     assert result.returncode != 0
     assert "unknown key(s) in the top level: 'colour'" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("celery_app", "message"),
+    [
+        ("no_such_project.celery:app", "cannot import no_such_project.celery"),
+        ("stackdemo.tasks:app", "stackdemo.tasks has no Celery app named 'app'"),
+    ],
+)
+def test_worker_names_a_celery_app_it_cannot_use(tmp_path, celery_app, message):
+    cmd = [sys.executable, "-m", "celery", "-A", "stackdemo.celery_app", "worker"]
+    env = _bad_config(tmp_path, celery_app=celery_app)
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr

@@ -141,3 +141,26 @@ def test_a_switch_to_the_next_sentinel_keeps_the_stack_transport(create, transpo
             assert type(connection.transport).__module__ == "stackdemo.broker"
     finally:
         connection.release()
+
+
+def test_a_project_whose_task_class_was_built_at_import(tmp_path, monkeypatch, caplog):
+    """Its tasks keep their class; Celery's own redelivery check covers them."""
+    (tmp_path / "earlyproj.py").write_text(
+        "from celery import Celery\n"
+        "app = Celery('earlyproj')\n"
+        "class Base(app.Task):\n"
+        "    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = parse_config(
+        {
+            "broker_url": CONFIG.broker_url,
+            "result_backend": CONFIG.result_backend,
+            "celery_app": "earlyproj:app",
+        }
+    )
+    app = create_worker_app(config)
+    assert app.main == "earlyproj"
+    assert app.conf.worker_deduplicate_successful_tasks is True
+    assert app.conf.task_serializer == "json"
+    assert "built its task class at import" in caplog.text

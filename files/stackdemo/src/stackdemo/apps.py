@@ -1,5 +1,7 @@
 """Celery app factories: the worker's, and the web's result-less producer."""
 
+import importlib
+import logging
 import time
 
 from celery import Celery
@@ -9,7 +11,7 @@ from stackdemo.broker import (
     PUBLISH_REPLICA_ACKS_OPTION,
     resolve_sentinel_urls_to,
 )
-from stackdemo.config import Config
+from stackdemo.config import Config, ConfigError
 from stackdemo.settings import beat_settings, producer_settings, worker_settings
 from stackdemo.worker import install
 
@@ -17,6 +19,8 @@ from stackdemo.worker import install
 # 10 s at least. A new primary refuses writes (NOREPLICAS, retried like a lost
 # connection) until a replica is in sync with it: after a switchover that can
 # take a full copy, which Redis starts 5 s after it is asked for.
+log = logging.getLogger(__name__)
+
 PUBLISH_RETRIES = 40
 PUBLISH_RETRY_PAUSE = 0.25
 
@@ -29,10 +33,46 @@ def _publish_retry_pause(exc: BaseException, interval: float) -> None:
 
 
 def create_worker_app(config: Config) -> Celery:
-    app = Celery("stackdemo", task_cls="stackdemo.worker:RedeliverySafeTask")
+    """The demo's worker app, or the user's own (config.celery_app) made one."""
+    if config.celery_app:
+        app = _import_app(config.celery_app)
+    else:
+        app = Celery("stackdemo")
+        app.conf.imports = ("stackdemo.tasks",)
+    # The stack's settings win over the app's own: they are the contract
+    # with Redis (users, queues, transport) and what keeps tasks from loss.
     app.conf.update(worker_settings(config))
-    app.conf.imports = ("stackdemo.tasks",)
+    if "Task" in vars(app):
+        # Its base task class was built at import (app.Task used there): the
+        # tasks keep it, and only Celery's own redelivery check (a SUCCESS
+        # already stored) applies to them.
+        log.warning(
+            "%s built its task class at import: redelivered tasks are skipped "
+            "only when they already succeeded",
+            config.celery_app,
+        )
+        app.conf.worker_deduplicate_successful_tasks = True
+    else:
+        app.task_cls = "stackdemo.worker:RedeliverySafeTask"
     install(app)
+    return app
+
+
+def _import_app(reference: str) -> Celery:
+    module_name, _, attribute = reference.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(
+            f"celery_app {reference!r}: cannot import {module_name} ({exc}); "
+            "is the project installed in the stack's virtualenv?"
+        ) from exc
+    app = getattr(module, attribute, None)
+    if not isinstance(app, Celery):
+        raise ConfigError(
+            f"celery_app {reference!r}: {module_name} has no Celery app named "
+            f"{attribute!r}"
+        )
     return app
 
 

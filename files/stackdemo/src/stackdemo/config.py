@@ -30,6 +30,9 @@ def priority_lists(queue: str) -> list[str]:
 # No PRIORITY_SEP in queue names, or one queue's lists could be another's.
 _QUEUE_RE = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _TASK_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_APP_RE = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*"
+)
 _MASTER_NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,200}")
 # Celery's and kombu's separator between the URLs of several Sentinels.
 SENTINEL_URL_SEP = ";"
@@ -85,6 +88,9 @@ class Config:
     task_routes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     add_delay_seconds: float = 0
     beat_schedule: Mapping[str, BeatEntry] = field(default_factory=dict)
+    # The worker's Celery app, "package.module:attribute" (Celery's -A
+    # syntax); empty: the demo's tasks.
+    celery_app: str = ""
     web: WebConfig = field(default_factory=WebConfig)
     sentinel: SentinelConfig | None = None
 
@@ -104,6 +110,7 @@ _TOP_KEYS = (
     "task_routes",
     "add_delay_seconds",
     "beat_schedule",
+    "celery_app",
     "web",
     "sentinel",
 )
@@ -173,6 +180,8 @@ def _parse(data: Any) -> Config:
         )
     if "beat_schedule" in data:
         kwargs["beat_schedule"] = _beat_schedule(data["beat_schedule"])
+    if "celery_app" in data:
+        kwargs["celery_app"] = _app_reference(data["celery_app"], "celery_app")
     if "web" in data:
         kwargs["web"] = _web(data["web"])
     schemes = {_scheme(kwargs["broker_url"]), _scheme(kwargs["result_backend"])}
@@ -380,6 +389,15 @@ def _queue(value: Any, key: str) -> str:
         raise ConfigError(
             f"{key} must be a queue name of letters, digits, '_', '.' or '-' "
             f"(no {PRIORITY_SEP!r}), got {value!r}"
+        )
+    return value
+
+
+def _app_reference(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _APP_RE.fullmatch(value):
+        raise ConfigError(
+            f"{key} must name a Celery app as package.module:attribute "
+            f"(e.g. myproj.celery:app), got {value!r}"
         )
     return value
 

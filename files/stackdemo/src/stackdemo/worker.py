@@ -55,7 +55,6 @@ class RedeliverySafeTask(Task):
     """
 
     abstract = True
-    Request = "stackdemo.worker:ConnectionLossSafeRequest"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request
@@ -240,8 +239,19 @@ def _use_node_unacked_keys(sender: str, conf: Any, **_: Any) -> None:
     }
 
 
+CELERY_REQUEST = Task.Request
+
+
+def _use_connection_loss_safe_requests(app: Celery, **_: Any) -> None:
+    # Per task, whatever its base class: a user's app may build its tasks on
+    # a class of its own. A task with a Request class of its own keeps it.
+    for task in app.tasks.values():
+        if task.Request == CELERY_REQUEST:
+            task.Request = ConnectionLossSafeRequest
+
+
 def install(app: Celery) -> None:
-    """Give a worker app the transport, consumer steps and task class above."""
+    """Give a worker app the transport, consumer steps and request class above."""
     if sentinel.is_sentinel(app.conf.broker_url):
         app.conf.broker_transport = "stackdemo.broker:SentinelTransport"
         resolve_sentinel_urls_to(app.conf.broker_transport)
@@ -251,6 +261,10 @@ def install(app: Celery) -> None:
     app.steps["consumer"].add(RestoreOrphans)
     app.steps["consumer"].add(ConsumerWatchdog)
     signals.celeryd_init.connect(_use_node_unacked_keys, weak=False)
+    # Sent once the worker imported the app's task modules, before it consumes.
+    signals.worker_init.connect(
+        functools.partial(_use_connection_loss_safe_requests, app), weak=False
+    )
     if sentinel.is_sentinel(app.conf.broker_url):
         app.steps["consumer"].add(SentinelMasterWatch)
         signals.worker_process_init.connect(

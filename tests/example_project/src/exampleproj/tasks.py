@@ -1,4 +1,4 @@
-"""Tasks of an app that is not the demo, using what Celery apps commonly use.
+"""The project's tasks, using what Celery apps commonly use.
 
 Chains, groups, chords (their body sums the header's results), a failing
 task, retries with a countdown, a rate limit and a task that sends another:
@@ -8,25 +8,25 @@ broker from inside a worker), which the tiers' ACL grants must cover.
 
 from typing import Any
 
-from celery import shared_task
+from exampleproj.celery import app
 
 
-@shared_task(name="canvas.add")
+@app.task(name="exampleproj.add")
 def add(x: int, y: int) -> int:
     return x + y
 
 
-@shared_task(name="canvas.total")
+@app.task(name="exampleproj.total")
 def total(values: list[int]) -> int:
     return sum(values)
 
 
-@shared_task(name="canvas.fail")
+@app.task(name="exampleproj.fail")
 def fail(message: str) -> None:
     raise ValueError(message)
 
 
-@shared_task(name="canvas.retried", bind=True, max_retries=3)
+@app.task(name="exampleproj.retried", bind=True, max_retries=3)
 def retried(self: Any, failures: int) -> int:
     """Fails `failures` times, retried one second later each time."""
     if self.request.retries < failures:
@@ -34,12 +34,21 @@ def retried(self: Any, failures: int) -> int:
     return self.request.retries
 
 
-@shared_task(name="canvas.limited", rate_limit="20/s")
+@app.task(name="exampleproj.limited", rate_limit="20/s")
 def limited(x: int) -> int:
     return x
 
 
-@shared_task(name="canvas.spawn")
+@app.task(name="exampleproj.spawn")
 def spawn(x: int) -> str:
     """Sends add(x, 1) from inside the worker: the child's id."""
     return add.delay(x, 1).id
+
+
+@app.task(name="exampleproj.size")
+def size(n_bytes: int) -> str:
+    """A dependency of the project's own lock at work: 1000000 -> '1.0 MB'."""
+    # Imported here: only the deployed project has it installed, not the app tests.
+    import humanize
+
+    return humanize.naturalsize(n_bytes)
