@@ -136,6 +136,13 @@ class Rotation:
                 time.sleep(1)
         return {"finished": len(accepted) - len(pending), "lost": sorted(pending), "wrong": wrong}
 
+    def admin_cli(self, *command):
+        admin_user, admin_password = self.admin
+        return redis_cli(self.redis_host, self.url, *command, user=admin_user, password=admin_password)
+
+    def acl_log(self):
+        return json.loads(self.admin_cli("--json", "ACL", "LOG").stdout or "[]")
+
     def login(self, password):
         # From the Redis host: client hosts have no redis-cli.
         return redis_cli(self.redis_host, self.url, "PING", user=self.user, password=password).stdout.strip()
@@ -168,7 +175,12 @@ def _rotate(rotation, secret_path, stack):
             secret.write(old_password + "\n")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     assert rotation.login(new_password) == "PONG"
+    # The refused login below is logged by Redis as a denial, which the last test of the ha scenario
+    # would report: the log is checked empty first, and cleared after it.
+    assert rotation.acl_log() == []
     assert rotation.login(old_password) != "PONG"
+    assert [entry["reason"] for entry in rotation.acl_log()] == ["auth"]
+    assert rotation.admin_cli("ACL", "LOG", "RESET").stdout.strip() == "OK"
     assert rotation.hashes_live() == rotation.hashes_on_disk() == [_hash(new_password)]
     assert new_password not in run.stdout + run.stderr and old_password not in run.stdout + run.stderr
     # Both passwords were accepted at once, live and on disk, then only the new one.

@@ -71,31 +71,45 @@ def test_task_of_a_killed_pool_runs_again_when_the_pool_restarts(
     _kill_hard(proc)
 
 
-def _freeze_with_a_message_on_its_way(proc, web, broker_db) -> str:
+def _messages_for_later(web, broker_db, count: int) -> list[tuple[str, bytes]]:
+    """(task id, raw message) of tasks submitted now and taken out of the queue."""
+    messages = []
+    for _ in range(count):
+        task_id = web.submit(ECHO, args=["in flight", 0], queue=QUEUE)
+        messages.append((task_id, broker_db.rpop(QUEUE)))
+    return messages
+
+
+def _freeze_with_a_message_on_its_way(proc, broker_db, messages) -> str:
     """Freeze the pool's main process while its idle wait (BLMOVE) is pending.
 
     Redis then hands the next message to a process that will never read it:
     the moment at which a plain pop (kombu's BRPOP) loses a message to a kill.
-    The wait lasts a quarter of a second, so a freeze may land just after it
-    ended; the message is then consumed normally and the freeze is retried.
+    The message is pushed straight after the freeze (not submitted through the
+    web, whose answer can take longer than the wait under load). The wait lasts
+    a quarter of a second, so a freeze may land between two waits; the message
+    is then consumed normally and the freeze is retried with the next one.
     """
-    for _ in range(10):
+    for task_id, raw in messages:
         proc.send_signal(signal.SIGSTOP)
-        task_id = web.submit(ECHO, args=["in flight", 0], queue=QUEUE)
+        broker_db.lpush(QUEUE, raw)
         time.sleep(0.5)
         if broker_db.llen(IN_FLIGHT) == 1:
             return task_id
         proc.send_signal(signal.SIGCONT)
-        assert web.wait(task_id, 30)["state"] == "SUCCESS"
+        wait_until(lambda: broker_db.llen(QUEUE) == 0, "the message to be consumed")
     raise AssertionError("never froze the pool during its wait")
 
 
 def test_message_popped_by_a_pool_killed_before_reading_it_runs_once(
     web, broker_db, start_worker
 ):
+    messages = _messages_for_later(web, broker_db, 20)
     proc, log = start_worker("crash", queues=QUEUE, concurrency=1)
-    task_id = _freeze_with_a_message_on_its_way(proc, web, broker_db)
-    _kill_hard(proc)
+    try:
+        task_id = _freeze_with_a_message_on_its_way(proc, broker_db, messages)
+    finally:
+        _kill_hard(proc)
     # Out of its queue, never recorded as unacknowledged: only in flight.
     assert broker_db.llen(QUEUE) == 0
     assert broker_db.hlen(UNACKED) == 0
