@@ -9,10 +9,12 @@ hosts whose inventory names a project (conftest.py selects it).
 """
 
 import json
+import os
 import shlex
+from urllib.parse import quote
 
 import pytest
-from stackcheck import http_get, http_request, redis_cli, web_url
+from stackcheck import http_get, http_request, redis_cli, redis_endpoint, web_url
 
 VENV_PYTHON = "/opt/stackdemo/venv/bin/python"
 
@@ -113,6 +115,28 @@ def test_beat_sends_the_projects_periodic_task(aio):
     pattern = r"'exampleproj.add\[.*\] succeeded in [0-9.e-]*s: 0$'"
     runs = aio.check_output(f"{journal} | grep -c {pattern} || true")
     assert int(runs or 0) > 0
+
+
+def test_celery_inspect_answers_through_the_monitoring_user(aio, worker_config, secrets_dir, pool_names):
+    """The monitoring user asks, every pool answers; a control command is not obeyed."""
+    with open(os.path.join(secrets_dir, "redis-monitor")) as secret:
+        password = secret.read().strip()
+    address, port, *_ = redis_endpoint(worker_config["broker_url"])
+    broker = f"redis://stack-monitor:{quote(password, safe='')}@{address}:{port}/1"
+    celery = f"/opt/stackdemo/venv/bin/celery --broker {shlex.quote(broker)}"
+    hostname = aio.check_output("hostname")
+    nodes = {f"{pool}@{hostname}" for pool in pool_names}
+    pong = aio.run(f"{celery} inspect ping --json --timeout 10")
+    assert pong.rc == 0, pong.stdout + pong.stderr
+    assert json.loads(pong.stdout.strip().splitlines()[-1]) == {node: {"ok": "pong"} for node in nodes}
+    stats = aio.run(f"{celery} inspect stats --json --timeout 10")
+    assert stats.rc == 0 and set(json.loads(stats.stdout.strip().splitlines()[-1])) == nodes
+    assert password not in stats.stdout
+    aio.run(f"{celery} control shutdown --timeout 2")
+    for pool in pool_names:
+        journal = aio.check_output(f"journalctl -u celery-worker@{pool} -o cat --no-pager")
+        assert "pidbox command error: KeyError('shutdown')" in journal, pool
+        assert "Warm shutdown" not in journal.rsplit("ready.", 1)[-1], pool
 
 
 def test_no_acl_denial(aio, worker_config, admin):

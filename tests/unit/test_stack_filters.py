@@ -126,3 +126,20 @@ def test_only_the_worker_consumes_and_only_the_web_subscribes():
     for command in ("evalsha", "blmove", "lmove"):
         assert command in GRANTS["worker"]["commands"] and command not in GRANTS["web"]["commands"]
     assert "subscribe" in GRANTS["web"]["commands"] and "subscribe" not in GRANTS["worker"]["commands"]
+
+
+def test_pidbox_channels_are_named_after_the_broker_database():
+    # Redis matches a PSUBSCRIBE pattern against the ACL's channels literally: "/1.celery.pidbox".
+    for tier in ("worker_remote_control", "monitor"):
+        rule = filters.redis_acl_rule(GRANTS[tier], [], db=3).split()
+        assert [t for t in rule if t.startswith("&")] == ["&/3.celery.pidbox"], tier
+
+
+def test_the_monitor_can_neither_consume_nor_read_results_nor_control():
+    monitor = GRANTS["monitor"]
+    for command in ("blmove", "lmove", "rpush", "lpush", "hset", "setex", "subscribe"):
+        assert command not in monitor["commands"], command
+    keys = " ".join(monitor["keys"])
+    for secret in ("celery-task-meta", "unacked@", "inflight@", "stack@dead-letters"):
+        assert secret not in keys, secret
+    assert "queue_keys" not in monitor

@@ -116,6 +116,8 @@ CASES = [
         },
         "stackdemo_app_project_lock_file",
     ),
+    ("redis", {"stack_redis_monitor_password": "short"}, "stack_redis_monitor_password"),
+    ("redis", {"stack_redis_monitor_user": "celery-web"}, "must differ"),
     ("celery_worker", {"celery_worker_app": "myproj.celery"}, "celery_worker_app"),
     ("celery_worker", {"celery_worker_app": "myproj:app; rm -rf /"}, "celery_worker_app"),
     # An app with nothing installed to provide it.

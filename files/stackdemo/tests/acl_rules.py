@@ -34,5 +34,19 @@ def web_rule(password: str, queues: Iterable[str]) -> str:
     return f"on >{password} {_filters.redis_acl_rule(GRANTS['web'], queues)}"
 
 
-def worker_rule(password: str, queues: Iterable[str]) -> str:
-    return f"on >{password} {_filters.redis_acl_rule(GRANTS['worker'], queues)}"
+def worker_rule(
+    password: str, queues: Iterable[str], remote_control: bool = False
+) -> str:
+    grant = GRANTS["worker"]
+    if remote_control:
+        # As the stack role adds it: the same keys, channels and commands, appended.
+        extra = GRANTS["worker_remote_control"]
+        grant = {
+            **grant,
+            **{key: [*grant.get(key, []), *extra[key]] for key in extra},
+        }
+    return f"on >{password} {_filters.redis_acl_rule(grant, queues, db=1)}"
+
+
+def monitor_rule(password: str) -> str:
+    return f"on >{password} {_filters.redis_acl_rule(GRANTS['monitor'], [], db=1)}"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from acl_rules import web_rule, worker_rule
+from acl_rules import monitor_rule, web_rule, worker_rule
 from helpers import Web, free_port, stop_process, wait_until
 
 TESTS = str(Path(__file__).resolve().parent)
@@ -29,6 +29,9 @@ QUEUES = ("celery", "prio", "crash", "canvas")
 ADMIN = ("admin", "admin-secret")
 WEB_USER = ("stackdemo-web", "web-secret")
 WORKER_USER = ("stackdemo-worker", "worker-secret")
+# A worker that answers `celery inspect` (remote_control), and who asks.
+INSPECTED_WORKER_USER = ("stackdemo-worker-inspected", "inspected-secret")
+MONITOR_USER = ("stackdemo-monitor", "monitor-secret")
 VISIBILITY_TIMEOUT = 120
 MAX_BODY_BYTES = 4096
 MAX_WAIT_SECONDS = 30
@@ -82,6 +85,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n"
         f"user {WEB_USER[0]} {web_rule(WEB_USER[1], QUEUES)}\n"
         f"user {WORKER_USER[0]} {worker_rule(WORKER_USER[1], QUEUES)}\n"
+        f"user {INSPECTED_WORKER_USER[0]} "
+        f"{worker_rule(INSPECTED_WORKER_USER[1], QUEUES, remote_control=True)}\n"
+        f"user {MONITOR_USER[0]} {monitor_rule(MONITOR_USER[1])}\n"
     )
     port = free_port()
     conf = workdir / "redis.conf"

@@ -52,6 +52,12 @@ def test_missing_optional_keys_take_defaults():
     assert config.web == WebConfig()
     partial = parse_config({**MINIMAL, "web": {"max_wait_seconds": 5}})
     assert partial.web.max_body_bytes == 65536
+    assert config.celery_app == "" and config.remote_control is False
+
+
+def test_what_the_roles_write_for_the_demo_without_monitoring():
+    config = parse_config({**MINIMAL, "celery_app": "", "remote_control": False})
+    assert config.celery_app == "" and config.remote_control is False
 
 
 def test_unknown_keys_are_named_with_a_hint():
@@ -90,6 +96,7 @@ def test_unknown_keys_are_named_with_a_hint():
         ),
         ({"web": {"publish_replica_acks": 1}}, "publish_replica_acks needs sentinel"),
         ({"celery_app": "myproj.celery"}, "celery_app must name a Celery app as"),
+        ({"remote_control": "yes"}, "remote_control must be true or false"),
         ({"celery_app": "my proj:app"}, "celery_app must name a Celery app as"),
         ({"celery_app": ["myproj:app"]}, "celery_app must name a Celery app as"),
     ],

@@ -77,7 +77,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                     "allowed_tasks": [ADD, ECHO],
                     "max_wait_seconds": 30,
                     "publish_replica_acks": 1,
-                    "publish_replica_ack_timeout_ms": 500,
+                    # The role's default is 1000 ms; a replica starved of CPU (the
+                    # tests beside other test runs on 2 cores) can take longer than
+                    # that to acknowledge, and the switchover test counts a refusal.
+                    "publish_replica_ack_timeout_ms": 2000,
                 },
             },
         )
@@ -384,13 +387,13 @@ def test_a_task_no_replica_took_is_refused_not_accepted(stack):
         for replica in replicas:
             replica.proc.send_signal(signal.SIGCONT)
     assert refused.status == 503, refused.text
-    assert waited >= 0.5
+    assert waited >= 2
     wait_until(stack.tier.replicas_synced, "the replicas to catch up", 30)
     accepted = stack.web.post_json(f"/api/tasks/{ADD}", {"args": [20, 22]})
     assert accepted.status == 202, accepted.text
     task_id = accepted.json()["task_id"]
     assert stack.web.get(f"/api/tasks/{task_id}?wait=20").json()["result"] == 42
-    assert "acknowledged the message within 500 ms" in stack.web.log.read_text()
+    assert "acknowledged the message within 2000 ms" in stack.web.log.read_text()
 
 
 def test_no_acl_denials_on_any_node_or_sentinel(stack):

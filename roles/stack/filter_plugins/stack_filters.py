@@ -59,17 +59,19 @@ def redis_queue_key_patterns(queues):
     return patterns
 
 
-def redis_acl_rule(grant, queues):
+def redis_acl_rule(grant, queues, db=1):
     """ACL SETUSER rules (without user, on/off and password) of one tier's grant.
 
     grant: {queue_keys: bool, keys: [patterns], read_keys: [patterns], channels: [patterns],
     commands: [names]}. Starts from nothing (resetkeys, resetchannels, -@all) and adds exactly
-    the grant; read_keys may only be read (Redis 7 %R~).
+    the grant; read_keys may only be read (Redis 7 %R~). "{db}" in a channel becomes the broker's
+    database: kombu's broadcast channels are named after it, and Redis matches a PSUBSCRIBE
+    pattern against the ACL's channel patterns literally.
     """
     keys = redis_queue_key_patterns(queues) if grant.get("queue_keys") else []
     keys += [f"~{pattern}" for pattern in grant.get("keys", [])]
     keys += [f"%R~{pattern}" for pattern in grant.get("read_keys", [])]
-    channels = [f"&{pattern}" for pattern in grant.get("channels", [])]
+    channels = [f"&{pattern.replace('{db}', str(int(db)))}" for pattern in grant.get("channels", [])]
     commands = [f"+{command}" for command in grant["commands"]]
     return " ".join(["resetkeys", "resetchannels", *keys, *channels, "-@all", *commands])
 

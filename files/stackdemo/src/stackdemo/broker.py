@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 # Transport options of a producer whose publishes wait for replicas (Channel._put).
 PUBLISH_REPLICA_ACKS_OPTION = "publish_replica_acks"
 PUBLISH_REPLICA_ACK_TIMEOUT_OPTION = "publish_replica_ack_timeout_ms"
+# kombu's default separator in binding tables and priority list names.
+KOMBU_SEP = kombu_redis.Channel.sep
 
 
 def node_transport_options(nodename: str) -> dict[str, str]:
@@ -273,6 +275,20 @@ class Channel(kombu_redis.Channel):
                 f"{acked} of {acks} replica(s) acknowledged the message within "
                 f"{self.publish_replica_ack_timeout_ms} ms"
             )
+
+    def get_table(self, exchange: str) -> list[tuple[str, ...]]:
+        """The exchange's bindings, written with the stack's separator or kombu's.
+
+        A plain Celery client (``celery inspect`` with kombu's defaults) binds
+        its reply queue with kombu's own separator; the worker must find it to
+        answer, whatever separator the client's transport uses.
+        """
+        table = []
+        for binding in super().get_table(exchange):
+            if len(binding) == 1 and KOMBU_SEP in binding[0]:
+                binding = tuple(binding[0].split(KOMBU_SEP))
+            table.append(binding)
+        return table
 
     def _get_client(self) -> Any:
         return functools.partial(_ScreeningRedis, screen=self._screen_popped)

@@ -91,6 +91,8 @@ class Config:
     # The worker's Celery app, "package.module:attribute" (Celery's -A
     # syntax); empty: the demo's tasks.
     celery_app: str = ""
+    # Answer `celery inspect` (read-only commands) through Redis's pidbox.
+    remote_control: bool = False
     web: WebConfig = field(default_factory=WebConfig)
     sentinel: SentinelConfig | None = None
 
@@ -111,6 +113,7 @@ _TOP_KEYS = (
     "add_delay_seconds",
     "beat_schedule",
     "celery_app",
+    "remote_control",
     "web",
     "sentinel",
 )
@@ -182,6 +185,11 @@ def _parse(data: Any) -> Config:
         kwargs["beat_schedule"] = _beat_schedule(data["beat_schedule"])
     if "celery_app" in data:
         kwargs["celery_app"] = _app_reference(data["celery_app"], "celery_app")
+    if "remote_control" in data:
+        if not isinstance(data["remote_control"], bool):
+            kind = _kind(data["remote_control"])
+            raise ConfigError(f"remote_control must be true or false, got {kind}")
+        kwargs["remote_control"] = data["remote_control"]
     if "web" in data:
         kwargs["web"] = _web(data["web"])
     schemes = {_scheme(kwargs["broker_url"]), _scheme(kwargs["result_backend"])}
@@ -394,6 +402,9 @@ def _queue(value: Any, key: str) -> str:
 
 
 def _app_reference(value: Any, key: str) -> str:
+    # Empty: the demo's tasks, as the roles write it when no project is named.
+    if value == "":
+        return value
     if not isinstance(value, str) or not _APP_RE.fullmatch(value):
         raise ConfigError(
             f"{key} must name a Celery app as package.module:attribute "

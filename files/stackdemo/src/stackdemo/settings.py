@@ -87,9 +87,11 @@ def worker_settings(config: Config) -> dict[str, Any]:
             "worker_cancel_long_running_tasks_on_connection_loss": True,
             "worker_prefetch_multiplier": 1,
             "task_track_started": True,
-            # The pidbox needs pub/sub channels and reply queues that the
-            # least-privilege Redis ACL does not grant.
-            "worker_enable_remote_control": False,
+            # Off unless asked for (config.remote_control): the pidbox needs a
+            # pub/sub channel and reply queues that the worker's Redis user
+            # gets only then, and answers read-only inspect commands only
+            # (stackdemo.worker.ReadOnlyRemoteControl).
+            "worker_enable_remote_control": config.remote_control,
             # One stderr handler for journald, which adds its own timestamps.
             "worker_hijack_root_logger": True,
             "worker_log_color": False,

@@ -112,6 +112,43 @@ def consumer_stalled(
     return now - last_reply > limit and (running == 0 or can_consume)
 
 
+# What a monitor may ask a worker: read-only inspect commands. `conf` and
+# `report` (settings), the memory dumps and every control command (shutdown,
+# revoke, rate_limit, pool_grow, add_consumer...) are not answered: whoever
+# may publish on the pidbox could otherwise stop or reconfigure every worker.
+READ_ONLY_COMMANDS = frozenset(
+    {
+        "ping",
+        "stats",
+        "active",
+        "scheduled",
+        "reserved",
+        "registered",
+        "active_queues",
+        "query_task",
+        "revoked",
+        "clock",
+    }
+)
+
+
+class ReadOnlyRemoteControl(bootsteps.StartStopStep):
+    """The worker's remote control answers READ_ONLY_COMMANDS only."""
+
+    requires = ("celery.worker.consumer.control:Control",)
+
+    def start(self, consumer: Any) -> None:
+        control = consumer.blueprint.steps.get("celery.worker.consumer.control.Control")
+        if control is None:  # remote control off
+            return
+        node = control.box.node
+        node.handlers = {
+            name: handler
+            for name, handler in node.handlers.items()
+            if name in READ_ONLY_COMMANDS
+        }
+
+
 class ConsumerWatchdog(bootsteps.StartStopStep):
     """Exit a pool whose consumer stopped consuming while Redis answers.
 
@@ -260,6 +297,8 @@ def install(app: Celery) -> None:
     app.conf.worker_consumer = "stackdemo.broker:Consumer"
     app.steps["consumer"].add(RestoreOrphans)
     app.steps["consumer"].add(ConsumerWatchdog)
+    if app.conf.worker_enable_remote_control:
+        app.steps["consumer"].add(ReadOnlyRemoteControl)
     signals.celeryd_init.connect(_use_node_unacked_keys, weak=False)
     # Sent once the worker imported the app's task modules, before it consumes.
     signals.worker_init.connect(
