@@ -76,28 +76,38 @@ def _ping(server: RedisServer) -> bool:
         return False
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    workdir = tmp_path_factory.mktemp("redis")
-    acl_file = workdir / "users.acl"
-    acl_file.write_text(
+def write_acl_file(path: Path, queues: tuple[str, ...]) -> Path:
+    """The deployment's users and rules; the default user off, an admin for tests."""
+    path.write_text(
         "user default off\n"
         f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n"
-        f"user {WEB_USER[0]} {web_rule(WEB_USER[1], QUEUES)}\n"
-        f"user {WORKER_USER[0]} {worker_rule(WORKER_USER[1], QUEUES)}\n"
+        f"user {WEB_USER[0]} {web_rule(WEB_USER[1], queues)}\n"
+        f"user {WORKER_USER[0]} {worker_rule(WORKER_USER[1], queues)}\n"
         f"user {INSPECTED_WORKER_USER[0]} "
-        f"{worker_rule(INSPECTED_WORKER_USER[1], QUEUES, remote_control=True)}\n"
+        f"{worker_rule(INSPECTED_WORKER_USER[1], queues, remote_control=True)}\n"
         f"user {MONITOR_USER[0]} {monitor_rule(MONITOR_USER[1])}\n"
     )
+    return path
+
+
+def write_redis_config(
+    workdir: Path, queues: tuple[str, ...], persistence: str = "appendonly no"
+) -> tuple[Path, RedisServer]:
+    """redis.conf on a free loopback port, the deployment's users; and its server."""
+    acl_file = write_acl_file(workdir / "users.acl", queues)
     port = free_port()
     conf = workdir / "redis.conf"
     conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
-        'save ""\nappendonly no\n'
+        f'port {port}\nbind 127.0.0.1\ndir {workdir}\nsave ""\n{persistence}\n'
         f"aclfile {acl_file}\nlogfile {workdir / 'redis.log'}\n"
     )
+    return conf, RedisServer(port=port, acl_file=acl_file)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    conf, server = write_redis_config(tmp_path_factory.mktemp("redis"), QUEUES)
     proc = subprocess.Popen([REDIS_SERVER, str(conf)])
-    server = RedisServer(port=port, acl_file=acl_file)
     try:
         wait_until(lambda: _ping(server), "redis-server to answer", proc=proc)
         yield server

@@ -16,9 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from acl_rules import web_rule, worker_rule
 from conftest import (
-    ADMIN,
     BROKER_DB,
     REDIS_SERVER,
     RESULT_DB,
@@ -28,8 +26,9 @@ from conftest import (
     _ping,
     _write_config,
     start_web,
+    write_redis_config,
 )
-from helpers import Web, free_port, stop_process, wait_until
+from helpers import Web, stop_process, wait_until
 
 ECHO = "stackdemo.tasks.sleep_then_echo"
 QUEUES = ("celery",)
@@ -62,22 +61,10 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("outage")
-    acl_file = workdir / "users.acl"
-    acl_file.write_text(
-        "user default off\n"
-        f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n"
-        f"user {WEB_USER[0]} {web_rule(WEB_USER[1], QUEUES)}\n"
-        f"user {WORKER_USER[0]} {worker_rule(WORKER_USER[1], QUEUES)}\n"
-    )
-    port = free_port()
-    conf = workdir / "redis.conf"
     # The broker's persistence: what was queued before the stop is there after it.
-    conf.write_text(
-        f"port {port}\nbind 127.0.0.1\ndir {workdir}\n"
-        'save ""\nappendonly yes\nappendfsync always\n'
-        f"aclfile {acl_file}\nlogfile {workdir / 'redis.log'}\n"
+    conf, server = write_redis_config(
+        workdir, QUEUES, "appendonly yes\nappendfsync always"
     )
-    server = RedisServer(port=port, acl_file=acl_file)
     common = {
         "visibility_timeout": 120,
         "result_expires": 600,
