@@ -136,7 +136,7 @@ def test_rolling_restart_then_upgrade_fail_no_request(two_web_hosts, worker_host
     assert restart.stdout.count("TASK [tornado_web : Restart each port's process in turn]") == len(
         two_web_hosts
     )
-    assert upgrade.stdout.count("TASK [stackdemo_app : Ensure this release of the app is installed]") == len(
+    assert upgrade.stdout.count("TASK [stackdemo_app : Ensure this release's wheels are installed]") == len(
         app_hosts
     )
 
