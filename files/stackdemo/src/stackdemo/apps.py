@@ -15,12 +15,12 @@ from stackdemo.config import Config, ConfigError
 from stackdemo.settings import beat_settings, producer_settings, worker_settings
 from stackdemo.worker import install
 
+log = logging.getLogger(__name__)
+
 # A failover's publish retries: PUBLISH_RETRIES, PUBLISH_RETRY_PAUSE s apart,
 # 10 s at least. A new primary refuses writes (NOREPLICAS, retried like a lost
 # connection) until a replica is in sync with it: after a switchover that can
 # take a full copy, which Redis starts 5 s after it is asked for.
-log = logging.getLogger(__name__)
-
 PUBLISH_RETRIES = 40
 PUBLISH_RETRY_PAUSE = 0.25
 
