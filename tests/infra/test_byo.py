@@ -11,6 +11,7 @@ hosts whose inventory names a project (conftest.py selects it).
 import json
 import os
 import shlex
+import socket
 from urllib.parse import quote
 
 import pytest
@@ -32,7 +33,7 @@ app.conf.update(
     accept_content=["json"], result_accept_content=["json"],
     task_queues=[Queue("celery", no_declare=True), Queue("canvas", no_declare=True)],
     task_routes={
-        "exampleproj." + name: {"queue": "canvas"} for name in ("total", "retried", "size")
+        "exampleproj." + name: {"queue": "canvas"} for name in ("total", "retried", "ordinal")
     },
 )
 WAIT = 60
@@ -49,7 +50,7 @@ out["retried"] = task("retried", 2).apply_async().get(timeout=WAIT)
 sent = time.monotonic()
 eta = datetime.now(timezone.utc) + timedelta(seconds=3)
 out["eta"] = [task("add", 20, 22).apply_async(eta=eta).get(timeout=WAIT), time.monotonic() - sent]
-out["size"] = task("size", 1000000).apply_async().get(timeout=WAIT)
+out["ordinal"] = task("ordinal", 42).apply_async().get(timeout=WAIT)
 child = task("spawn", 41).apply_async().get(timeout=WAIT)
 out["spawned"] = app.AsyncResult(child).get(timeout=WAIT)
 print(json.dumps(out))
@@ -66,7 +67,7 @@ def test_the_project_is_installed_beside_the_stack_with_its_own_dependency(aio):
     packages = {p["name"].lower(): p["version"] for p in listed}
     assert packages.get("exampleproj") == "1.0.0"
     # From the project's own lock, fetched on the controller: the host has no package index.
-    assert packages.get("humanize") == "4.17.0"
+    assert packages.get("inflection") == "0.5.1"
     assert "stackdemo" in packages
     assert aio.run(f"{VENV_PYTHON} -m pip check").rc == 0
 
@@ -95,7 +96,7 @@ def test_a_plain_celery_client_runs_the_projects_canvas(aio):
     assert out["retried"] == 2
     value, waited = out["eta"]
     assert value == 42 and waited >= 2.5, out["eta"]
-    assert out["size"] == "1.0 MB"
+    assert out["ordinal"] == "42nd"
     assert out["spawned"] == 42
 
 
@@ -135,8 +136,95 @@ def test_celery_inspect_answers_through_the_monitoring_user(aio, worker_config, 
     aio.run(f"{celery} control shutdown --timeout 2")
     for pool in pool_names:
         journal = aio.check_output(f"journalctl -u celery-worker@{pool} -o cat --no-pager")
-        assert "pidbox command error: KeyError('shutdown')" in journal, pool
+        assert "remote command 'shutdown' refused" in journal, pool
         assert "Warm shutdown" not in journal.rsplit("ready.", 1)[-1], pool
+
+
+# GET a Flower page from the host itself: (status, body).
+FLOWER_GET = r"""
+import base64, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1])
+if len(sys.argv) > 2:
+    request.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
+try:
+    with urllib.request.urlopen(request, timeout=20) as response:
+        print(response.status); print(response.read().decode())
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+"""
+
+
+@pytest.fixture(scope="module")
+def flower(aio, secrets_dir):
+    """(GET function, base URL, address, port) of the deployed Flower."""
+    fact = json.loads(aio.file("/etc/ansible/facts.d/stack_flower.fact").content_string)
+    with open(os.path.join(secrets_dir, "flower")) as secret:
+        login = f"ops:{secret.read().strip()}"
+    base = f"http://{fact['address']}:{fact['port']}"
+
+    def get(path, auth=True):
+        args = [VENV_PYTHON, "-c", FLOWER_GET, base + path] + ([login] if auth else [])
+        result = aio.run(shlex.join(args))
+        assert result.rc == 0, result.stderr
+        status, _, body = result.stdout.partition("\n")
+        return int(status), body
+
+    return get, fact
+
+
+def test_flower_runs_hardened_as_its_own_user(aio, flower):
+    _, fact = flower
+    unit = aio.service("celery-flower")
+    assert unit.is_running and unit.is_enabled
+    assert aio.check_output("systemctl show -p User --value celery-flower") == fact["user"] == "celery-flower"
+    assert aio.check_output("systemctl show -p NoNewPrivileges --value celery-flower") == "yes"
+    # The basic-auth password is in the 0640 environment file, never on the command line.
+    assert aio.file("/etc/stackdemo/flower.env").mode == 0o640
+    assert "BASIC_AUTH" not in aio.check_output("systemctl show -p ExecStart --value celery-flower")
+
+
+def test_flower_answers_on_its_port_with_its_password_only(flower):
+    get, _ = flower
+    assert get("/healthcheck", auth=False)[0] == 200
+    assert get("/", auth=False)[0] == 401
+    assert get("/api/workers", auth=False)[0] == 401
+    status, page = get("/")
+    assert status == 200 and "Flower" in page
+
+
+def test_flower_sees_both_pools_and_the_projects_tasks(flower, aio, pool_names):
+    get, _ = flower
+    hostname = aio.check_output("hostname")
+    status, body = get("/api/workers?refresh=1")
+    assert status == 200, body
+    assert set(json.loads(body)) == {f"{pool}@{hostname}" for pool in pool_names}
+    # The canvas and beat above ran while Flower listened to the workers' events.
+    status, body = get("/api/tasks?limit=1000")
+    assert status == 200
+    names = {task["name"] for task in json.loads(body).values() if task["state"] == "SUCCESS"}
+    assert {"exampleproj.add", "exampleproj.total", "exampleproj.ordinal"} <= names, names
+    # Read only: no action from the pages or the API, even with the password.
+    assert "--read_only=true" in aio.check_output("systemctl show -p ExecStart --value celery-flower")
+
+
+def test_flower_metrics_carry_queue_depths_and_workers_online(flower, aio, pool_names):
+    get, _ = flower
+    status, metrics = get("/metrics", auth=False)
+    assert status == 200
+    assert "stackdemo_celery_broker_up 1.0" in metrics
+    for queue in ("celery", "canvas"):
+        assert f'stackdemo_celery_queue_messages{{queue="{queue}"}}' in metrics, queue
+    hostname = aio.check_output("hostname")
+    for pool in pool_names:
+        assert f'flower_worker_online{{worker="{pool}@{hostname}"}} 1.0' in metrics, pool
+    assert "process_resident_memory_bytes" in metrics
+
+
+def test_flower_is_firewalled_from_other_sources(flower):
+    """The controller is not an allowed source: its packets are dropped, not answered."""
+    _, fact = flower
+    with pytest.raises(OSError):
+        socket.create_connection((fact["address"], fact["port"]), timeout=3).close()
 
 
 def test_no_acl_denial(aio, worker_config, admin):

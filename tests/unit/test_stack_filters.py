@@ -130,9 +130,12 @@ def test_only_the_worker_consumes_and_only_the_web_subscribes():
 
 def test_pidbox_channels_are_named_after_the_broker_database():
     # Redis matches a PSUBSCRIBE pattern against the ACL's channels literally: "/1.celery.pidbox".
-    for tier in ("worker_remote_control", "monitor"):
-        rule = filters.redis_acl_rule(GRANTS[tier], [], db=3).split()
-        assert [t for t in rule if t.startswith("&")] == ["&/3.celery.pidbox"], tier
+    rule = filters.redis_acl_rule(GRANTS["worker_remote_control"], [], db=3).split()
+    assert [t for t in rule if t.startswith("&")] == ["&/3.celery.pidbox"]
+    rule = filters.redis_acl_rule(GRANTS["monitor"], [], db=3).split()
+    assert [t for t in rule if t.startswith("&")] == ["&/3.celery.pidbox", "&/3.celeryev/*"]
+    rule = filters.redis_acl_rule(GRANTS["worker_events"], [], db=3).split()
+    assert [t for t in rule if t.startswith("&")] == ["&/3.celeryev/*"]
 
 
 def test_the_monitor_can_neither_consume_nor_read_results_nor_control():
@@ -143,3 +146,7 @@ def test_the_monitor_can_neither_consume_nor_read_results_nor_control():
     for secret in ("celery-task-meta", "unacked@", "inflight@", "stack@dead-letters"):
         assert secret not in keys, secret
     assert "queue_keys" not in monitor
+    # It counts the queues' messages, read only: no pop, no read of a message.
+    rule = filters.redis_acl_rule(monitor, ["celery"]).split()
+    assert "%R~celery" in rule and "%R~celery:*" in rule
+    assert "~celery" not in rule and "+lrange" not in rule and "+lindex" not in rule

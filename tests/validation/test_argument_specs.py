@@ -10,7 +10,32 @@ import pytest
 HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parent.parent
 
+# What Flower needs besides the case's own mistake.
+FLOWER = {
+    "stack_redis_monitor_password": "monitor-password-0123456789",
+    "stack_celery_events": True,
+    "celery_flower_basic_auth_password": "flower-password-0123456789",
+}
+
 CASES = [
+    ("celery_flower", {}, "celery_flower_basic_auth_password"),
+    ("celery_flower", {**FLOWER, "stack_redis_monitor_password": ""}, "stack_redis_monitor_password"),
+    ("celery_flower", {**FLOWER, "stack_celery_events": False}, "stack_celery_events"),
+    ("celery_flower", {**FLOWER, "celery_flower_address": "10.0.0.5"}, "celery_flower_allowed_sources"),
+    ("celery_flower", {**FLOWER, "celery_flower_address": "flower.example.net"}, "celery_flower_address"),
+    ("celery_flower", {**FLOWER, "celery_flower_port": 80}, "celery_flower_port"),
+    ("celery_flower", {**FLOWER, "celery_flower_user": "root"}, "celery_flower_user"),
+    (
+        "celery_flower",
+        {**FLOWER, "celery_flower_basic_auth_password": "two,pairs-0123456789"},
+        "celery_flower_basic_auth_password",
+    ),
+    (
+        "celery_flower",
+        {**FLOWER, "celery_flower_basic_auth_password": "short"},
+        "celery_flower_basic_auth_password",
+    ),
+    ("celery_flower", {**FLOWER, "celery_flower_url_prefix": "a b"}, "celery_flower_url_prefix"),
     ("redis", {"stack_redis_port": 70000}, "stack_redis_port"),
     ("redis", {"stack_redis_port": 0}, "stack_redis_port"),
     ("redis", {"redis_maxmemory_policy": "allkeys-oops"}, "redis_maxmemory_policy"),

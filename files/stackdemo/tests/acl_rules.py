@@ -35,12 +35,22 @@ def web_rule(password: str, queues: Iterable[str]) -> str:
 
 
 def worker_rule(
-    password: str, queues: Iterable[str], remote_control: bool = False
+    password: str,
+    queues: Iterable[str],
+    remote_control: bool = False,
+    events: bool = False,
 ) -> str:
     grant = GRANTS["worker"]
-    if remote_control:
-        # As the stack role adds it: the same keys, channels and commands, appended.
-        extra = GRANTS["worker_remote_control"]
+    # As the stack role adds them: the same keys, channels and commands, appended.
+    extras = [
+        GRANTS[name]
+        for name, wanted in (
+            ("worker_remote_control", remote_control),
+            ("worker_events", events),
+        )
+        if wanted
+    ]
+    for extra in extras:
         grant = {
             **grant,
             **{key: [*grant.get(key, []), *extra[key]] for key in extra},
@@ -48,5 +58,5 @@ def worker_rule(
     return f"on >{password} {_filters.redis_acl_rule(grant, queues, db=1)}"
 
 
-def monitor_rule(password: str) -> str:
-    return f"on >{password} {_filters.redis_acl_rule(GRANTS['monitor'], [], db=1)}"
+def monitor_rule(password: str, queues: Iterable[str]) -> str:
+    return f"on >{password} {_filters.redis_acl_rule(GRANTS['monitor'], queues, db=1)}"

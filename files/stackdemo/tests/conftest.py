@@ -32,6 +32,8 @@ WORKER_USER = ("stackdemo-worker", "worker-secret")
 # A worker that answers `celery inspect` (remote_control), and who asks.
 INSPECTED_WORKER_USER = ("stackdemo-worker-inspected", "inspected-secret")
 MONITOR_USER = ("stackdemo-monitor", "monitor-secret")
+# A worker that also sends events and heartbeats, watched by Flower.
+MONITORED_WORKER_USER = ("stackdemo-worker-monitored", "monitored-secret")
 VISIBILITY_TIMEOUT = 120
 MAX_BODY_BYTES = 4096
 MAX_WAIT_SECONDS = 30
@@ -78,15 +80,20 @@ def _ping(server: RedisServer) -> bool:
 
 def write_acl_file(path: Path, queues: tuple[str, ...]) -> Path:
     """The deployment's users and rules; the default user off, an admin for tests."""
-    path.write_text(
-        "user default off\n"
-        f"user {ADMIN[0]} on >{ADMIN[1]} ~* &* +@all\n"
-        f"user {WEB_USER[0]} {web_rule(WEB_USER[1], queues)}\n"
-        f"user {WORKER_USER[0]} {worker_rule(WORKER_USER[1], queues)}\n"
-        f"user {INSPECTED_WORKER_USER[0]} "
-        f"{worker_rule(INSPECTED_WORKER_USER[1], queues, remote_control=True)}\n"
-        f"user {MONITOR_USER[0]} {monitor_rule(MONITOR_USER[1])}\n"
+    monitored = worker_rule(
+        MONITORED_WORKER_USER[1], queues, remote_control=True, events=True
     )
+    inspected = worker_rule(INSPECTED_WORKER_USER[1], queues, remote_control=True)
+    users = [
+        "default off",
+        f"{ADMIN[0]} on >{ADMIN[1]} ~* &* +@all",
+        f"{WEB_USER[0]} {web_rule(WEB_USER[1], queues)}",
+        f"{WORKER_USER[0]} {worker_rule(WORKER_USER[1], queues)}",
+        f"{INSPECTED_WORKER_USER[0]} {inspected}",
+        f"{MONITORED_WORKER_USER[0]} {monitored}",
+        f"{MONITOR_USER[0]} {monitor_rule(MONITOR_USER[1], queues)}",
+    ]
+    path.write_text("".join(f"user {user}\n" for user in users))
     return path
 
 
@@ -168,6 +175,7 @@ def start_worker(
         concurrency: int = 2,
         app: str = "stackdemo.celery_app",
         config: Path | None = None,
+        heartbeat: bool = False,
     ) -> tuple[subprocess.Popen, Path]:
         log = tmp_path_factory.mktemp(f"worker-{name}") / "worker.log"
         cmd = [
@@ -191,7 +199,7 @@ def start_worker(
             # that the worker's ACL does not grant (and we do not need).
             "--without-gossip",
             "--without-mingle",
-            "--without-heartbeat",
+            *([] if heartbeat else ["--without-heartbeat"]),
         ]
         env = {
             **os.environ,

@@ -97,6 +97,10 @@ def test_unknown_keys_are_named_with_a_hint():
         ({"web": {"publish_replica_acks": 1}}, "publish_replica_acks needs sentinel"),
         ({"celery_app": "myproj.celery"}, "celery_app must name a Celery app as"),
         ({"remote_control": "yes"}, "remote_control must be true or false"),
+        ({"events": 1}, "events must be true or false"),
+        ({"monitor": {"queues": "celery"}}, "monitor.queues must be a list"),
+        ({"monitor": {"queues": ["a:b"]}}, "monitor.queues must be a queue name"),
+        ({"monitor": {"flower": {}}}, r"unknown key\(s\) in monitor: 'flower'"),
         ({"celery_app": "my proj:app"}, "celery_app must name a Celery app as"),
         ({"celery_app": ["myproj:app"]}, "celery_app must name a Celery app as"),
     ],
@@ -111,6 +115,16 @@ def test_required_keys():
         parse_config({"broker_url": "redis://h/1"})
     with pytest.raises(ConfigError, match="top level must be a JSON object"):
         parse_config([])
+
+
+def test_the_monitoring_tools_file_has_no_result_backend():
+    config = parse_config(
+        {"broker_url": "redis://m:pw@h/1", "monitor": {"queues": ["celery", "b"]}}
+    )
+    assert config.monitor.queues == ("celery", "b") and config.result_backend == ""
+    assert (
+        parse_config(MINIMAL).monitor is None and parse_config(MINIMAL).events is False
+    )
 
 
 def test_passwords_are_not_echoed():

@@ -8,8 +8,16 @@ import pytest
 from celery.backends.base import DisabledBackend
 
 from stackdemo import tasks
-from stackdemo.apps import create_producer_app, create_worker_app
-from stackdemo.config import parse_config
+from stackdemo.apps import create_monitor_app, create_producer_app, create_worker_app
+from stackdemo.config import ConfigError, parse_config
+
+
+def _raw() -> dict:
+    return {
+        "broker_url": "redis://w:p@127.0.0.1:1/1",
+        "result_backend": "redis://w:p@127.0.0.1:1/0",
+    }
+
 
 CONFIG = parse_config(
     {
@@ -37,6 +45,7 @@ def test_worker_settings():
     assert conf.task_track_started is True
     assert conf.broker_connection_retry_on_startup is True
     assert conf.worker_enable_remote_control is False
+    assert conf.worker_send_task_events is False
     assert conf.result_backend == CONFIG.result_backend
     assert conf.result_expires == 1200
     assert conf.task_default_queue == "main"
@@ -50,6 +59,27 @@ def test_worker_settings():
     assert conf.result_backend_transport_options == {"visibility_timeout": 600}
     assert "asctime" not in conf.worker_log_format
     assert conf.stackdemo_add_delay_seconds == 2.5
+
+
+def test_events_are_sent_only_when_asked_for():
+    config = parse_config({**_raw(), "events": True, "remote_control": True})
+    conf = create_worker_app(config).conf
+    assert conf.worker_send_task_events is True
+    assert conf.worker_enable_remote_control is True
+
+
+def test_the_monitoring_app_reads_no_result_and_never_hangs():
+    config = parse_config(
+        {"broker_url": "redis://m:p@127.0.0.1:1/1", "monitor": {"queues": ["main"]}}
+    )
+    app = create_monitor_app(config)
+    assert isinstance(app.backend, DisabledBackend)
+    assert app.conf.accept_content == ["json"]
+    options = app.conf.broker_transport_options
+    assert options["sep"] == ":" and options["priority_steps"] == list(range(10))
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == 2
+    with pytest.raises(ConfigError, match="not a monitoring configuration"):
+        create_monitor_app(CONFIG)
 
 
 def test_producer_has_no_result_backend():

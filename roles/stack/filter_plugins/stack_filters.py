@@ -62,13 +62,15 @@ def redis_queue_key_patterns(queues):
 def redis_acl_rule(grant, queues, db=1):
     """ACL SETUSER rules (without user, on/off and password) of one tier's grant.
 
-    grant: {queue_keys: bool, keys: [patterns], read_keys: [patterns], channels: [patterns],
-    commands: [names]}. Starts from nothing (resetkeys, resetchannels, -@all) and adds exactly
-    the grant; read_keys may only be read (Redis 7 %R~). "{db}" in a channel becomes the broker's
-    database: kombu's broadcast channels are named after it, and Redis matches a PSUBSCRIBE
-    pattern against the ACL's channel patterns literally.
+    grant: {queue_keys: bool, queue_read_keys: bool, keys: [patterns], read_keys: [patterns],
+    channels: [patterns], commands: [names]}. Starts from nothing (resetkeys, resetchannels,
+    -@all) and adds exactly the grant; read_keys and queue_read_keys may only be read (Redis 7
+    %R~). "{db}" in a channel becomes the broker's database: kombu's broadcast channels are named
+    after it, and Redis matches a PSUBSCRIBE pattern against the ACL's channel patterns literally.
     """
     keys = redis_queue_key_patterns(queues) if grant.get("queue_keys") else []
+    if grant.get("queue_read_keys"):
+        keys += [f"%R{pattern}" for pattern in redis_queue_key_patterns(queues)]
     keys += [f"~{pattern}" for pattern in grant.get("keys", [])]
     keys += [f"%R~{pattern}" for pattern in grant.get("read_keys", [])]
     channels = [f"&{pattern.replace('{db}', str(int(db)))}" for pattern in grant.get("channels", [])]

@@ -12,7 +12,12 @@ from stackdemo.broker import (
     resolve_sentinel_urls_to,
 )
 from stackdemo.config import Config, ConfigError
-from stackdemo.settings import beat_settings, producer_settings, worker_settings
+from stackdemo.settings import (
+    beat_settings,
+    monitor_settings,
+    producer_settings,
+    worker_settings,
+)
 from stackdemo.worker import install
 
 log = logging.getLogger(__name__)
@@ -129,4 +134,15 @@ def create_beat_app(config: Config) -> Celery:
     app = Celery("stackdemo-beat", set_as_current=False)
     app.conf.update(producer_settings(config))
     app.conf.update(beat_settings(config))
+    return app
+
+
+def create_monitor_app(config: Config) -> Celery:
+    """Flower's and `celery events`' app: the monitoring user, no task code."""
+    if config.monitor is None:
+        raise ConfigError(
+            "not a monitoring configuration: it has no 'monitor' object (queues)"
+        )
+    app = Celery("stackdemo-monitor")
+    app.conf.update(monitor_settings(config))
     return app

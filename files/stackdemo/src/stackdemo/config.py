@@ -79,9 +79,17 @@ class SentinelConfig:
 
 
 @dataclass(frozen=True)
+class MonitorConfig:
+    """The monitoring tools' side (Flower): the queues whose depth they report."""
+
+    queues: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     broker_url: str
-    result_backend: str
+    # Empty only in the monitoring tools' file: they read no results.
+    result_backend: str = ""
     visibility_timeout: int = 3600
     result_expires: int = 86400
     default_queue: str = "celery"
@@ -93,6 +101,9 @@ class Config:
     celery_app: str = ""
     # Answer `celery inspect` (read-only commands) through Redis's pidbox.
     remote_control: bool = False
+    # Send task events and heartbeats for Flower and `celery events`.
+    events: bool = False
+    monitor: MonitorConfig | None = None
     web: WebConfig = field(default_factory=WebConfig)
     sentinel: SentinelConfig | None = None
 
@@ -114,6 +125,8 @@ _TOP_KEYS = (
     "beat_schedule",
     "celery_app",
     "remote_control",
+    "events",
+    "monitor",
     "web",
     "sentinel",
 )
@@ -158,12 +171,17 @@ def parse_config(data: Any, source: str = "configuration") -> Config:
 def _parse(data: Any) -> Config:
     _require_object(data, "the top level")
     _reject_unknown(data, _TOP_KEYS, "the top level")
-    for key in ("broker_url", "result_backend"):
+    # The monitoring tools' file has no result backend: they read no results.
+    required = (
+        ("broker_url",) if "monitor" in data else ("broker_url", "result_backend")
+    )
+    for key in required:
         if key not in data:
             raise ConfigError(f"missing required key {key!r}")
     kwargs: dict[str, Any] = {
-        "broker_url": _redis_url(data["broker_url"], "broker_url"),
-        "result_backend": _redis_url(data["result_backend"], "result_backend"),
+        key: _redis_url(data[key], key)
+        for key in ("broker_url", "result_backend")
+        if key in data
     }
     if "visibility_timeout" in data:
         kwargs["visibility_timeout"] = _integer(
@@ -185,14 +203,22 @@ def _parse(data: Any) -> Config:
         kwargs["beat_schedule"] = _beat_schedule(data["beat_schedule"])
     if "celery_app" in data:
         kwargs["celery_app"] = _app_reference(data["celery_app"], "celery_app")
-    if "remote_control" in data:
-        if not isinstance(data["remote_control"], bool):
-            kind = _kind(data["remote_control"])
-            raise ConfigError(f"remote_control must be true or false, got {kind}")
-        kwargs["remote_control"] = data["remote_control"]
+    for key in ("remote_control", "events"):
+        if key in data:
+            if not isinstance(data[key], bool):
+                raise ConfigError(
+                    f"{key} must be true or false, got {_kind(data[key])}"
+                )
+            kwargs[key] = data[key]
+    if "monitor" in data:
+        kwargs["monitor"] = _monitor(data["monitor"])
     if "web" in data:
         kwargs["web"] = _web(data["web"])
-    schemes = {_scheme(kwargs["broker_url"]), _scheme(kwargs["result_backend"])}
+    schemes = {
+        _scheme(kwargs[key])
+        for key in ("broker_url", "result_backend")
+        if key in kwargs
+    }
     if len(schemes) > 1:
         raise ConfigError(
             "broker_url and result_backend must use the same scheme "
@@ -273,6 +299,17 @@ def _beat_schedule(data: Any) -> dict[str, BeatEntry]:
             kwargs=dict(kwargs),
         )
     return schedule
+
+
+def _monitor(data: Any) -> MonitorConfig:
+    _require_object(data, "monitor")
+    _reject_unknown(data, ("queues",), "monitor")
+    queues = data.get("queues", [])
+    if not isinstance(queues, list):
+        raise ConfigError(f"monitor.queues must be a list, got {_kind(queues)}")
+    return MonitorConfig(
+        queues=tuple(_queue(queue, "monitor.queues") for queue in queues)
+    )
 
 
 def _web(data: Any) -> WebConfig:

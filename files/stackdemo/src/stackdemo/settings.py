@@ -92,6 +92,11 @@ def worker_settings(config: Config) -> dict[str, Any]:
             # gets only then, and answers read-only inspect commands only
             # (stackdemo.worker.ReadOnlyRemoteControl).
             "worker_enable_remote_control": config.remote_control,
+            # Task events (received, started, succeeded...) for Flower and
+            # `celery events`, published on the celeryev channel the worker's
+            # Redis user may then publish on; the pool's command line adds
+            # heartbeats, which tell a monitor the worker is alive.
+            "worker_send_task_events": config.events,
             # One stderr handler for journald, which adds its own timestamps.
             "worker_hijack_root_logger": True,
             "worker_log_color": False,
@@ -113,6 +118,18 @@ def worker_settings(config: Config) -> dict[str, Any]:
                 "redis_socket_keepalive": True,
             }
         )
+    return settings
+
+
+def monitor_settings(config: Config) -> dict[str, Any]:
+    """The monitoring tools' app: the broker side only, no result backend."""
+    settings = producer_settings(config)
+    # A scrape or a page must not hang on a Redis that does not answer
+    # (Flower's queue page reads these two options as well).
+    settings["broker_transport_options"].update(
+        socket_timeout=2, socket_connect_timeout=2
+    )
+    settings["broker_connection_timeout"] = 2
     return settings
 
 

@@ -114,8 +114,8 @@ def consumer_stalled(
 
 # What a monitor may ask a worker: read-only inspect commands. `conf` and
 # `report` (settings), the memory dumps and every control command (shutdown,
-# revoke, rate_limit, pool_grow, add_consumer...) are not answered: whoever
-# may publish on the pidbox could otherwise stop or reconfigure every worker.
+# revoke, rate_limit, pool_grow, add_consumer...) are refused: whoever may
+# publish on the pidbox could otherwise stop or reconfigure every worker.
 READ_ONLY_COMMANDS = frozenset(
     {
         "ping",
@@ -128,12 +128,27 @@ READ_ONLY_COMMANDS = frozenset(
         "query_task",
         "revoked",
         "clock",
+        # Send a heartbeat event now: how an event monitor (Flower, celery
+        # events) finds the workers as it starts.
+        "heartbeat",
     }
 )
 
 
+REFUSED_COMMAND = "refused: this worker answers read-only inspect commands only"
+
+
+def _refuse(name: str) -> Any:
+    def refuse(state: Any, **arguments: Any) -> dict[str, str]:
+        log.warning("remote command %r refused: read-only remote control", name)
+        # The asker gets an answer, not a timeout.
+        return {"error": REFUSED_COMMAND}
+
+    return refuse
+
+
 class ReadOnlyRemoteControl(bootsteps.StartStopStep):
-    """The worker's remote control answers READ_ONLY_COMMANDS only."""
+    """The worker's remote control runs READ_ONLY_COMMANDS and refuses the others."""
 
     requires = ("celery.worker.consumer.control:Control",)
 
@@ -143,9 +158,8 @@ class ReadOnlyRemoteControl(bootsteps.StartStopStep):
             return
         node = control.box.node
         node.handlers = {
-            name: handler
+            name: handler if name in READ_ONLY_COMMANDS else _refuse(name)
             for name, handler in node.handlers.items()
-            if name in READ_ONLY_COMMANDS
         }
 
 

@@ -45,10 +45,10 @@ def spawn(x: int) -> str:
     return add.delay(x, 1).id
 
 
-@app.task(name="exampleproj.size")
-def size(n_bytes: int) -> str:
-    """A dependency of the project's own lock at work: 1000000 -> '1.0 MB'."""
+@app.task(name="exampleproj.ordinal")
+def ordinal(number: int) -> str:
+    """A dependency of the project's own lock at work: 42 -> '42nd'."""
     # Imported here: only the deployed project has it installed, not the app tests.
-    import humanize
+    import inflection
 
-    return humanize.naturalsize(n_bytes)
+    return inflection.ordinalize(number)
