@@ -11,7 +11,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 setup:
 	tools/setup-controller.sh
 
-# The controller set-up and the lab image, built side by side.
+# The controller set-up and the lab images (Debian 12 and 13), built side by side.
 image:
 	tools/setup-controller.sh --image
 
@@ -24,13 +24,15 @@ lab: image
 lab-destroy: setup
 	ansible-playbook -i inventory/$(LAB) playbooks/lab/destroy.yml
 
-# Every test: linters, the app's unit tests, every Molecule scenario. The lab image and the kernel
-# scenario's VM disk build in the background meanwhile (both mostly wait on the mirror); whoever
-# needs one waits for its build to finish (each build holds a lock) or builds it itself.
+# Every test: linters, the app's unit tests, every Molecule scenario. The lab images (Debian 12;
+# Debian 13 for the default scenario's Valkey) and the kernel scenario's VM disk build in the
+# background meanwhile (all mostly wait on the mirror); whoever needs one waits for its build to
+# finish (each build holds a lock of its own) or builds it itself.
 # Linters and unit tests run beside the scenarios, in a session of their own (tools/beside.sh):
 # they are done while the first scenario waits for its image and converges a single host.
 test: setup
 	mkdir -p .cache && { tools/build-image.sh > .cache/build-image.log 2>&1 & }
+	{ tools/build-image.sh trixie > .cache/build-image-trixie.log 2>&1 & }
 	{ tools/build-vm-image.sh > .cache/build-vm-image.log 2>&1 & }
 	tools/beside.sh lint-and-unit 0 "$(MAKE) lint unit" $(MAKE) molecule
 

@@ -1,16 +1,27 @@
 #!/usr/bin/env bash
-# Builds the lab/Molecule host image once: a debootstrap Debian 12 with systemd as PID 1, an SSH
+# Builds a lab/Molecule host image once: a debootstrap Debian with systemd as PID 1, an SSH
 # server (Ansible pipelines over SSH; the Podman connection cannot) and the controller's CA
-# bundle (HTTPS leaves through an intercepting proxy). The tag carries a
-# hash of this script, so an edit here rebuilds and an unchanged script re-uses the image.
+# bundle (HTTPS leaves through an intercepting proxy). The tag carries a hash of this script and
+# the suite, so an edit here rebuilds and an unchanged script re-uses the image.
+#   tools/build-image.sh [bookworm|trixie]    (or 12|13; default bookworm, the lab's)
+# Debian 13 is where the redis role's flavor "auto" picks Valkey (the default scenario).
 set -euo pipefail
-name=${LAB_IMAGE_NAME:-localhost/stacklab-debian12}
+requested=${1:-${LAB_IMAGE_SUITE:-bookworm}}
+case "$requested" in
+  bookworm | 12) suite=bookworm version=12 ;;
+  trixie | 13) suite=trixie version=13 ;;
+  *)
+    echo "build-image: unknown suite '$requested' (bookworm, trixie)" >&2
+    exit 2
+    ;;
+esac
+name=${LAB_IMAGE_NAME:-localhost/stacklab-debian$version}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-tag=$(sha256sum "$0" | cut -c1-12)
+tag=$({ cat "$0"; echo "$suite"; } | sha256sum | cut -c1-12)
 
-# `make test` starts a build in the background while the linters run; a second caller waits for
-# it and then finds the image.
-exec 9>/var/tmp/stacklab-image.lock
+# `make test` starts the builds in the background while the linters run; a second caller of the
+# same suite waits for it and then finds the image. Suites build side by side.
+exec 9>"/var/tmp/stacklab-image-$suite.lock"
 flock -w 1800 9
 if podman image exists "$name:$tag"; then
   podman tag "$name:$tag" "$name:latest"
@@ -21,11 +32,11 @@ rootfs=$(mktemp -d /var/tmp/stacklab-rootfs.XXXXXX)
 trap 'rm -rf "$rootfs"' EXIT
 debootstrap --variant=minbase \
   --include=systemd,systemd-sysv,dbus,python3,python3-apt,iproute2,sudo,ca-certificates,procps,openssh-server \
-  bookworm "$rootfs" "$mirror" >/dev/null
+  "$suite" "$rootfs" "$mirror" >/dev/null
 cat > "$rootfs/etc/apt/sources.list" <<SOURCES
-deb $mirror bookworm main
-deb $mirror bookworm-updates main
-deb ${mirror%/debian}/debian-security bookworm-security main
+deb $mirror $suite main
+deb $mirror $suite-updates main
+deb ${mirror%/debian}/debian-security $suite-security main
 SOURCES
 # The root filesystem of a container is already mounted as it should be.
 ln -sf /dev/null "$rootfs/etc/systemd/system/systemd-remount-fs.service"

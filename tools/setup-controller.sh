@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the controller needs on a fresh Debian 12 machine (run as root).
-# Safe to re-run: every step checks before it acts. With --image, the lab image is built
-# (tools/build-image.sh, cached) at the same time as the virtualenv: both mostly wait on mirrors.
+# Safe to re-run: every step checks before it acts. With --image, the lab images are built
+# (tools/build-image.sh, cached: Debian 12, and Debian 13 for the default scenario) at the same
+# time as the virtualenv: all mostly wait on mirrors.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,10 +31,12 @@ runtime = "runc"
 CONF
 fi
 
-image_build=""
+image_builds=()
 if [ "${1:-}" = "--image" ]; then
-  tools/build-image.sh &
-  image_build=$!
+  for suite in bookworm trixie; do
+    tools/build-image.sh "$suite" &
+    image_builds+=($!)
+  done
 fi
 
 # Re-install only when the requirements or the app's metadata changed (content, not mtime:
@@ -47,6 +50,6 @@ if [ "$(cat .venv/.installed 2>/dev/null)" != "$wanted" ]; then
   echo "$wanted" > .venv/.installed
 fi
 
-if [ -n "$image_build" ]; then
-  wait "$image_build"
-fi
+for build in "${image_builds[@]}"; do
+  wait "$build"
+done

@@ -17,7 +17,8 @@ first health check and /add answered again.
 Usage: chaos.py SPEC.json [--only FAULT ...] [--json OUT]
 SPEC: {"web": "http://ADDR:PORT", "ssh": ["ssh", ..., "root@ADDR"],
        "container": "podman name of the host", "redis_service": "redis-server",
-       "pool": "default", "web_user": "celery-web", "broker_db": 1}
+       "redis_cli": "/usr/bin/redis-cli", "pool": "default", "web_user": "celery-web",
+       "broker_db": 1}
 The web user's password comes from $CHAOS_WEB_PASSWORD (junk is pushed with it).
 """
 
@@ -241,8 +242,8 @@ def _fault_actions(stack: Stack) -> dict:
         pushes = " ".join(f"'{item.decode('latin-1')}'" for item in JUNK)
         stack.ssh(
             "read -r REDISCLI_AUTH; export REDISCLI_AUTH; "
-            f"redis-cli --no-auth-warning -h {stack.host} --user {spec['web_user']} "
-            f"-n {spec['broker_db']} lpush {spec.get('queue', 'celery')} {pushes}"
+            f"{spec.get('redis_cli', 'redis-cli')} --no-auth-warning -h {stack.host} "
+            f"--user {spec['web_user']} -n {spec['broker_db']} lpush {spec.get('queue', 'celery')} {pushes}"
         )
 
     return {

@@ -155,6 +155,7 @@ def service_address(inventory, host, name):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "disruptive: fails the Redis primary over; runs after the others")
+    config.addinivalue_line("markers", "after_faults: checks what the disruptive tests left; runs last")
 
 
 def _runs_a_project_of_its_own():
@@ -164,16 +165,23 @@ def _runs_a_project_of_its_own():
 
 
 def pytest_collection_modifyitems(config, items):
-    # Hosts running a user's project get test_byo.py; the others test the demo, which those
-    # hosts do not have (its tasks, /add, the chaos suite's load).
+    # Hosts running a user's project get test_byo.py (and the monitoring tests, which need no
+    # demo); the others test the demo, which those hosts do not have (its tasks, /add, the chaos
+    # suite's load).
     if "MOLECULE_INVENTORY_FILE" in os.environ:
         byo = _runs_a_project_of_its_own()
-        deselected = [item for item in items if (item.path.name == "test_byo.py") != byo]
+        byo_files = {"test_byo.py", "test_monitoring.py"} if byo else {"test_byo.py"}
+        deselected = [item for item in items if (item.path.name in byo_files) != byo]
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = [item for item in items if item not in deselected]
     # The failover faults change which host is primary: every other test runs before them.
-    items.sort(key=lambda item: item.get_closest_marker("disruptive") is not None)
+    items.sort(
+        key=lambda item: (
+            item.get_closest_marker("after_faults") is not None,
+            item.get_closest_marker("disruptive") is not None,
+        )
+    )
 
 
 def pytest_terminal_summary(terminalreporter):

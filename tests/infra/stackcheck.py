@@ -5,6 +5,19 @@ import shlex
 from urllib.parse import quote, unquote, urlsplit
 
 
+def redis_cli_path(host):
+    """The Redis CLI on `host`: the one its redis or redis_sentinel role recorded (valkey-cli where
+    the distro ships Valkey), else redis-cli (a client host given the tools package for the tests)."""
+    if not hasattr(host, "redis_cli_path"):
+        host.redis_cli_path = "redis-cli"
+        for fact in ("stack_redis", "stack_redis_sentinel"):
+            recorded = host.file(f"/etc/ansible/facts.d/{fact}.fact")
+            if recorded.exists:
+                host.redis_cli_path = json.loads(recorded.content_string)["cli"]
+                break
+    return host.redis_cli_path
+
+
 def redis_endpoint(url):
     """(host, port, user, password, db) of a redis:// URL from a rendered config."""
     parts = urlsplit(url)
@@ -31,7 +44,7 @@ def primary_endpoint(host, config):
     # unbounded connect would wait out TCP's retries (about two minutes) before the next one.
     for one in url.split(";"):
         address, port, *_ = redis_endpoint(one)
-        args = ["redis-cli", "-h", address, "-p", str(port), "--user", sentinel["username"]]
+        args = [redis_cli_path(host), "-h", address, "-p", str(port), "--user", sentinel["username"]]
         args += ["--no-auth-warning", "SENTINEL", "GET-MASTER-ADDR-BY-NAME", sentinel["master_name"]]
         result = host.run(f"REDISCLI_AUTH={shlex.quote(sentinel['password'])} timeout 3 {shlex.join(args)}")
         answer = result.stdout.split()
@@ -52,9 +65,9 @@ def direct_config(host, config):
 
 
 def redis_cli(host, url, *command, user=None, password=None, db=None):
-    """Run redis-cli on `host` against the server of `url`; credentials from the URL unless given."""
+    """Run the Redis CLI on `host` against the server of `url`; credentials from the URL unless given."""
     address, port, url_user, url_password, url_db = redis_endpoint(url)
-    args = ["redis-cli", "-h", address, "-p", str(port), "-n", str(url_db if db is None else db)]
+    args = [redis_cli_path(host), "-h", address, "-p", str(port), "-n", str(url_db if db is None else db)]
     if user is None:
         user, password = url_user, url_password
     if user:

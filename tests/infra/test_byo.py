@@ -11,7 +11,6 @@ hosts whose inventory names a project (conftest.py selects it).
 import json
 import os
 import shlex
-import socket
 from urllib.parse import quote
 
 import pytest
@@ -138,93 +137,6 @@ def test_celery_inspect_answers_through_the_monitoring_user(aio, worker_config, 
         journal = aio.check_output(f"journalctl -u celery-worker@{pool} -o cat --no-pager")
         assert "remote command 'shutdown' refused" in journal, pool
         assert "Warm shutdown" not in journal.rsplit("ready.", 1)[-1], pool
-
-
-# GET a Flower page from the host itself: (status, body).
-FLOWER_GET = r"""
-import base64, sys, urllib.error, urllib.request
-request = urllib.request.Request(sys.argv[1])
-if len(sys.argv) > 2:
-    request.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
-try:
-    with urllib.request.urlopen(request, timeout=20) as response:
-        print(response.status); print(response.read().decode())
-except urllib.error.HTTPError as exc:
-    print(exc.code)
-"""
-
-
-@pytest.fixture(scope="module")
-def flower(aio, secrets_dir):
-    """(GET function, base URL, address, port) of the deployed Flower."""
-    fact = json.loads(aio.file("/etc/ansible/facts.d/stack_flower.fact").content_string)
-    with open(os.path.join(secrets_dir, "flower")) as secret:
-        login = f"ops:{secret.read().strip()}"
-    base = f"http://{fact['address']}:{fact['port']}"
-
-    def get(path, auth=True):
-        args = [VENV_PYTHON, "-c", FLOWER_GET, base + path] + ([login] if auth else [])
-        result = aio.run(shlex.join(args))
-        assert result.rc == 0, result.stderr
-        status, _, body = result.stdout.partition("\n")
-        return int(status), body
-
-    return get, fact
-
-
-def test_flower_runs_hardened_as_its_own_user(aio, flower):
-    _, fact = flower
-    unit = aio.service("celery-flower")
-    assert unit.is_running and unit.is_enabled
-    assert aio.check_output("systemctl show -p User --value celery-flower") == fact["user"] == "celery-flower"
-    assert aio.check_output("systemctl show -p NoNewPrivileges --value celery-flower") == "yes"
-    # The basic-auth password is in the 0640 environment file, never on the command line.
-    assert aio.file("/etc/stackdemo/flower.env").mode == 0o640
-    assert "BASIC_AUTH" not in aio.check_output("systemctl show -p ExecStart --value celery-flower")
-
-
-def test_flower_answers_on_its_port_with_its_password_only(flower):
-    get, _ = flower
-    assert get("/healthcheck", auth=False)[0] == 200
-    assert get("/", auth=False)[0] == 401
-    assert get("/api/workers", auth=False)[0] == 401
-    status, page = get("/")
-    assert status == 200 and "Flower" in page
-
-
-def test_flower_sees_both_pools_and_the_projects_tasks(flower, aio, pool_names):
-    get, _ = flower
-    hostname = aio.check_output("hostname")
-    status, body = get("/api/workers?refresh=1")
-    assert status == 200, body
-    assert set(json.loads(body)) == {f"{pool}@{hostname}" for pool in pool_names}
-    # The canvas and beat above ran while Flower listened to the workers' events.
-    status, body = get("/api/tasks?limit=1000")
-    assert status == 200
-    names = {task["name"] for task in json.loads(body).values() if task["state"] == "SUCCESS"}
-    assert {"exampleproj.add", "exampleproj.total", "exampleproj.ordinal"} <= names, names
-    # Read only: no action from the pages or the API, even with the password.
-    assert "--read_only=true" in aio.check_output("systemctl show -p ExecStart --value celery-flower")
-
-
-def test_flower_metrics_carry_queue_depths_and_workers_online(flower, aio, pool_names):
-    get, _ = flower
-    status, metrics = get("/metrics", auth=False)
-    assert status == 200
-    assert "stackdemo_celery_broker_up 1.0" in metrics
-    for queue in ("celery", "canvas"):
-        assert f'stackdemo_celery_queue_messages{{queue="{queue}"}}' in metrics, queue
-    hostname = aio.check_output("hostname")
-    for pool in pool_names:
-        assert f'flower_worker_online{{worker="{pool}@{hostname}"}} 1.0' in metrics, pool
-    assert "process_resident_memory_bytes" in metrics
-
-
-def test_flower_is_firewalled_from_other_sources(flower):
-    """The controller is not an allowed source: its packets are dropped, not answered."""
-    _, fact = flower
-    with pytest.raises(OSError):
-        socket.create_connection((fact["address"], fact["port"]), timeout=3).close()
 
 
 def test_no_acl_denial(aio, worker_config, admin):

@@ -27,7 +27,7 @@ import uuid
 
 import pytest
 from conftest import local_fact, read_json, service_address, ssh_argv
-from stackcheck import primary_endpoint, redis_endpoint
+from stackcheck import primary_endpoint, redis_cli_path, redis_endpoint
 from test_runbooks import playbook, recap_changed
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "chaos"))
@@ -43,9 +43,9 @@ HOLD_AFTER_FAILOVER = 10
 
 
 def _admin_cli(host, port, admin, *args):
-    """redis-cli as the admin user against a server (or Sentinel) on its own host."""
+    """The Redis CLI as the admin user against a server (or Sentinel) on its own host."""
     user, password = admin
-    command = ["redis-cli", "-p", str(port), "--user", user, "--no-auth-warning", *args]
+    command = [redis_cli_path(host), "-p", str(port), "--user", user, "--no-auth-warning", *args]
     return host.run(f"REDISCLI_AUTH={shlex.quote(password)} timeout 5 {shlex.join(command)}")
 
 
@@ -184,7 +184,7 @@ def chaos_stack(tier, inventory, worker_hosts):
 
 
 def _sentinel_cli(host, address, port, user, password, *command):
-    args = ["redis-cli", "-h", address, "-p", str(port), "--no-auth-warning"]
+    args = [redis_cli_path(host), "-h", address, "-p", str(port), "--no-auth-warning"]
     if user:
         args += ["--user", user]
     env = f"REDISCLI_AUTH={shlex.quote(password)} " if password else ""

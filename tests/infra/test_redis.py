@@ -1,5 +1,6 @@
 """Redis as a broker: configuration read back from the live server, ACL users, unit hardening."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -84,7 +85,9 @@ def _effective_commands(tokens, category_members):
     return granted
 
 
-def test_live_acl_rules_are_the_shared_grants(redis_host, worker_config, admin, redis_fact, inventory):
+def test_live_acl_rules_are_the_shared_grants(
+    redis_host, worker_config, admin, redis_fact, inventory, worker_hosts
+):
     filters, grants = _grants()
     pools = inventory.get_variables(inventory.get_hosts("celery_workers")[0])["celery_worker_pools"]
     queues = {queue for pool in pools for queue in pool["queues"]} | {worker_config["default_queue"]}
@@ -100,10 +103,26 @@ def test_live_acl_rules_are_the_shared_grants(redis_host, worker_config, admin, 
         )
         return set(listed.stdout.split())
 
+    # As the redis role composes them: the worker's grant gains remote control with a monitoring
+    # user, and publishing events when the workers send them.
+    worker_settings = json.loads(worker_hosts[0].file("/etc/stackdemo/worker.json").content_string)
+    for extra, wanted in (
+        ("worker_remote_control", "monitor" in redis_fact["users"]),
+        ("worker_events", worker_settings.get("events", False)),
+    ):
+        if wanted:
+            grants["worker"] = {
+                **grants["worker"],
+                **{key: [*grants["worker"].get(key, []), *grants[extra][key]] for key in grants[extra]},
+            }
     listed = as_admin("ACL", "LIST").stdout.splitlines()
-    for tier in ("worker", "web"):
+    for tier in [name for name in ("worker", "web", "monitor") if name in redis_fact["users"]]:
         live = next(line for line in listed if line.split()[1] == redis_fact["users"][tier]).split()
-        expected = filters.redis_acl_rule(grants[tier], sorted(queues)).split()
+        grant = grants[tier]
+        if redis_fact["flavor"] == "valkey":
+            # redis-py names each connection (CLIENT SETINFO), which Redis 7.0 does not know.
+            grant = {**grant, "commands": [*grant["commands"], "client|setinfo"]}
+        expected = filters.redis_acl_rule(grant, sorted(queues)).split()
         for prefix in ("~", "%", "&"):
             granted = {t for t in expected if t.startswith(prefix)}
             assert {t for t in live if t.startswith(prefix)} == granted, (tier, prefix)
@@ -138,14 +157,14 @@ def test_wrong_password_is_refused(worker_hosts, worker_config):
     assert "WRONGPASS" in result.stdout + result.stderr
 
 
-def test_append_only_file_is_on_disk(redis_host):
-    assert redis_host.file("/var/lib/redis/appendonlydir").is_directory
+def test_append_only_file_is_on_disk(redis_host, redis_fact):
+    assert redis_host.file(f"{redis_fact['data_dir']}/appendonlydir").is_directory
 
 
-def test_log_has_no_startup_warnings_but_kernel_ones(redis_host, redis_unit):
+def test_log_has_no_startup_warnings_but_kernel_ones(redis_host, redis_unit, redis_fact):
     log = redis_host.check_output(
         f"journalctl -u {redis_unit} -b --no-pager -o cat;"
-        f" cat /var/log/redis/{redis_unit}.log 2>/dev/null || true"
+        f" cat {redis_fact['log_dir']}/{redis_unit}.log 2>/dev/null || true"
     )
     warnings = [line for line in log.splitlines() if "# WARNING" in line or "# Warning" in line]
     unexpected = [w for w in warnings if not any(k in w for k in KERNEL_WARNINGS)]
@@ -164,8 +183,15 @@ def test_log_has_no_startup_warnings_but_kernel_ones(redis_host, redis_unit):
         ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
         ("LimitNOFILE", "10032"),
         ("OOMScoreAdjust", "-900"),
-        ("User", "redis"),
     ],
 )
 def test_unit_is_hardened(redis_host, redis_unit, prop, expected):
     assert redis_host.check_output(f"systemctl show -p {prop} --value {redis_unit}") == expected
+
+
+def test_unit_runs_as_the_server_user(redis_host, redis_unit, redis_fact):
+    # The package's user (redis, or valkey), which owns the data and log directories.
+    assert redis_host.check_output(f"systemctl show -p User --value {redis_unit}") == redis_fact["user"]
+    assert redis_fact["user"] not in ("", "root")
+    for directory in (redis_fact["data_dir"], redis_fact["log_dir"]):
+        assert redis_host.file(directory).user == redis_fact["user"], directory

@@ -9,15 +9,15 @@ import uuid
 
 import pytest
 from conftest import local_fact
-from stackcheck import http_get, redis_endpoint
+from stackcheck import http_get, redis_cli_path, redis_endpoint
 
 
 def _as_admin(redis_host, worker_config, admin, script):
-    """Feed redis-cli commands (one per line) as the admin user, in the broker database."""
+    """Feed Redis CLI commands (one per line) as the admin user, in the broker database."""
     address, port, _, _, db = redis_endpoint(worker_config["broker_url"])
     command = (
         f"printf %s {shlex.quote(script)} | REDISCLI_AUTH={shlex.quote(admin[1])} "
-        f"redis-cli --no-auth-warning -h {address} -p {port} --user {admin[0]} -n {db}"
+        f"{redis_cli_path(redis_host)} --no-auth-warning -h {address} -p {port} --user {admin[0]} -n {db}"
     )
     return redis_host.check_output(command)
 

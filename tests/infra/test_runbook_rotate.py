@@ -63,8 +63,7 @@ class Rotation:
 
     def hashes_on_disk(self):
         fact = json.loads(self.redis_host.file("/etc/ansible/facts.d/stack_redis.fact").content_string)
-        conf_dir = "/etc/valkey" if fact["flavor"] == "valkey" else "/etc/redis"
-        line = self.redis_host.check_output(f"grep '^user {self.user} ' {conf_dir}/users.acl")
+        line = self.redis_host.check_output(f"grep '^user {self.user} ' {fact['conf_dir']}/users.acl")
         return [word[1:] for word in line.split() if word.startswith("#")]
 
     def run(self, stack):
@@ -156,6 +155,7 @@ def stack(web_hosts):
 
 def _rotation(tier, group, redis_host, admin, redis_fact):
     user = redis_fact["users"][tier]
+    # The Redis endpoint only, from a client's config (Flower's has no result backend: the web's).
     config = "/etc/stackdemo/worker.json" if tier == "worker" else "/etc/stackdemo/web.json"
     client = group("celery_workers" if tier == "worker" else "web")[0]
     return Rotation(tier, user, redis_host, admin, client, config)
@@ -204,3 +204,20 @@ def test_rotating_the_web_password_loses_no_task_and_fails_no_request(
     rotation = _rotation("web", group, redis_host, admin, redis_fact)
     # Web processes restart in turn behind sockets that keep accepting.
     assert _rotate(rotation, os.path.join(secrets_dir, "redis-web"), stack) == 0
+
+
+def test_rotating_the_monitoring_password_keeps_flower_and_the_load_going(
+    stack, group, redis_host, admin, secrets_dir, redis_fact
+):
+    if "monitor" not in redis_fact["users"] or not group("flower"):
+        pytest.skip("no monitoring user and Flower in this inventory")
+    rotation = _rotation("monitor", group, redis_host, admin, redis_fact)
+    assert _rotate(rotation, os.path.join(secrets_dir, "redis-monitor"), stack) == 0
+    # Flower was restarted with the new password (test_monitoring checks it still sees the pools).
+    flower = group("flower")[0]
+    assert flower.service("celery-flower").is_running
+    with open(os.path.join(secrets_dir, "redis-monitor")) as secret:
+        password = secret.read().strip()
+    # A bare name, so a failure prints no password.
+    holds_new_password = password in flower.file("/etc/stackdemo/flower.json").content_string
+    assert holds_new_password

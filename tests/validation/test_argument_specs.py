@@ -20,6 +20,7 @@ FLOWER = {
 CASES = [
     ("celery_flower", {}, "celery_flower_basic_auth_password"),
     ("celery_flower", {**FLOWER, "stack_redis_monitor_password": ""}, "stack_redis_monitor_password"),
+    ("celery_flower", {**FLOWER, "stack_redis_sentinel_hosts": ["localhost"]}, "stack_redis_sentinel_hosts"),
     ("celery_flower", {**FLOWER, "stack_celery_events": False}, "stack_celery_events"),
     ("celery_flower", {**FLOWER, "celery_flower_address": "10.0.0.5"}, "celery_flower_allowed_sources"),
     ("celery_flower", {**FLOWER, "celery_flower_address": "flower.example.net"}, "celery_flower_address"),
