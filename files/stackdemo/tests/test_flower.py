@@ -34,6 +34,8 @@ QUEUE = "crash"
 IDLE_QUEUE = "prio"
 NODE = f"monitored@{socket.gethostname()}"
 FLOWER_AUTH = ("ops", "flower-secret")
+# The celery command line with the monitoring app, as the roles run Flower.
+MONITOR_CELERY = [sys.executable, "-m", "celery", "--app", "stackdemo.monitor_app"]
 
 
 @pytest.fixture(scope="module")
@@ -77,11 +79,7 @@ def flower(monitored, monitor_config, tmp_path_factory) -> Iterator[str]:
     port = free_port()
     log = tmp_path_factory.mktemp("flower") / "flower.log"
     cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "--app",
-        "stackdemo.monitor_app",
+        *MONITOR_CELERY,
         "flower",
         "--address=127.0.0.1",
         f"--port={port}",
@@ -211,15 +209,7 @@ def test_flower_refuses_every_action(flower, monitored):
 
 
 def test_celery_events_dumps_the_events(monitored, monitor_config, configs):
-    cmd = [
-        sys.executable,
-        "-m",
-        "celery",
-        "--app",
-        "stackdemo.monitor_app",
-        "events",
-        "--dump",
-    ]
+    cmd = [*MONITOR_CELERY, "events", "--dump"]
     dump = subprocess.Popen(
         cmd,
         env=_monitor_env(monitor_config),
