@@ -106,15 +106,11 @@ def test_live_acl_rules_are_the_shared_grants(
     # As the redis role composes them: the worker's grant gains remote control with a monitoring
     # user, and publishing events when the workers send them.
     worker_settings = json.loads(worker_hosts[0].file("/etc/stackdemo/worker.json").content_string)
-    for extra, wanted in (
-        ("worker_remote_control", "monitor" in redis_fact["users"]),
-        ("worker_events", worker_settings.get("events", False)),
-    ):
-        if wanted:
-            grants["worker"] = {
-                **grants["worker"],
-                **{key: [*grants["worker"].get(key, []), *grants[extra][key]] for key in grants[extra]},
-            }
+    grants["worker"] = filters.redis_acl_grant_with(
+        grants["worker"],
+        grants["worker_remote_control"] if "monitor" in redis_fact["users"] else {},
+        grants["worker_events"] if worker_settings.get("events", False) else {},
+    )
     listed = as_admin("ACL", "LIST").stdout.splitlines()
     for tier in [name for name in ("worker", "web", "monitor") if name in redis_fact["users"]]:
         live = next(line for line in listed if line.split()[1] == redis_fact["users"][tier]).split()

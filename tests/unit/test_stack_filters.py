@@ -150,3 +150,11 @@ def test_the_monitor_can_neither_consume_nor_read_results_nor_control():
     rule = filters.redis_acl_rule(monitor, ["celery"]).split()
     assert "%R~celery" in rule and "%R~celery:*" in rule
     assert "~celery" not in rule and "+lrange" not in rule and "+lindex" not in rule
+
+
+def test_a_grant_with_extras_appends_their_lists_and_keeps_the_rest():
+    worker = GRANTS["worker"]
+    grant = filters.redis_acl_grant_with(worker, GRANTS["worker_remote_control"], {}, GRANTS["worker_events"])
+    assert grant["commands"] == worker["commands"] + GRANTS["worker_remote_control"]["commands"]
+    assert grant["channels"] == worker["channels"] + ["/{db}.celery.pidbox", "/{db}.celeryev/*"]
+    assert grant["queue_keys"] is True and filters.redis_acl_grant_with(worker) == worker

@@ -40,21 +40,12 @@ def worker_rule(
     remote_control: bool = False,
     events: bool = False,
 ) -> str:
-    grant = GRANTS["worker"]
-    # As the stack role adds them: the same keys, channels and commands, appended.
-    extras = [
-        GRANTS[name]
-        for name, wanted in (
-            ("worker_remote_control", remote_control),
-            ("worker_events", events),
-        )
-        if wanted
-    ]
-    for extra in extras:
-        grant = {
-            **grant,
-            **{key: [*grant.get(key, []), *extra[key]] for key in extra},
-        }
+    # As the stack role composes it: the extras' keys, channels and commands appended.
+    grant = _filters.redis_acl_grant_with(
+        GRANTS["worker"],
+        GRANTS["worker_remote_control"] if remote_control else {},
+        GRANTS["worker_events"] if events else {},
+    )
     return f"on >{password} {_filters.redis_acl_rule(grant, queues, db=1)}"
 
 

@@ -59,6 +59,13 @@ def redis_queue_key_patterns(queues):
     return patterns
 
 
+def redis_acl_grant_with(grant, *extras):
+    """`grant` with each extra grant's lists appended (the worker's remote control, its events)."""
+    for extra in extras:
+        grant = {**grant, **{key: [*grant.get(key, []), *value] for key, value in extra.items()}}
+    return grant
+
+
 def redis_acl_rule(grant, queues, db=1):
     """ACL SETUSER rules (without user, on/off and password) of one tier's grant.
 
@@ -84,4 +91,5 @@ class FilterModule:
             "redis_url": redis_url,
             "systemd_directives": systemd_directives,
             "redis_acl_rule": redis_acl_rule,
+            "redis_acl_grant_with": redis_acl_grant_with,
         }
