@@ -18,6 +18,13 @@ def redis_cli_path(host):
     return host.redis_cli_path
 
 
+def admin_cli(host, port, admin, *args):
+    """The Redis CLI as the admin user (user, password) against a server (or Sentinel) on `host`."""
+    user, password = admin
+    command = [redis_cli_path(host), "-p", str(port), "--user", user, "--no-auth-warning", *args]
+    return host.run(f"REDISCLI_AUTH={shlex.quote(password)} timeout 5 {shlex.join(command)}")
+
+
 def redis_endpoint(url):
     """(host, port, user, password, db) of a redis:// URL from a rendered config."""
     parts = urlsplit(url)
@@ -76,22 +83,28 @@ def redis_cli(host, url, *command, user=None, password=None, db=None):
     return host.run(env + shlex.join(args + [str(c) for c in command]))
 
 
-def http_request(host, url, body=None, timeout=60):
-    """GET (or POST `body` as JSON) `url` from `host` with its own Python: (status, JSON body)."""
+def http_text(host, url, body=None, headers=None, timeout=60):
+    """GET (or POST `body` as JSON) `url` from `host` with its own Python: (status, body text)."""
     script = (
         "import json, sys, urllib.request, urllib.error\n"
-        "data = sys.argv[2].encode() if len(sys.argv) > 2 else None\n"
+        "data = sys.argv[2].encode() if sys.argv[2] else None\n"
         "request = urllib.request.Request(sys.argv[1], data=data,"
-        " headers={'Content-Type': 'application/json'})\n"
+        " headers={'Content-Type': 'application/json', **json.loads(sys.argv[3])})\n"
         "try:\n"
         f"    r = urllib.request.urlopen(request, timeout={timeout})\n"
         "    print(json.dumps([r.status, r.read().decode()]))\n"
         "except urllib.error.HTTPError as e:\n"
         "    print(json.dumps([e.code, e.read().decode()]))\n"
     )
-    args = [url] if body is None else [url, json.dumps(body)]
+    args = [url, "" if body is None else json.dumps(body), json.dumps(headers or {})]
     result = host.check_output(f"python3 -c {shlex.quote(script)} {shlex.join(args)}")
     status, text = json.loads(result)
+    return status, text
+
+
+def http_request(host, url, body=None, timeout=60):
+    """GET (or POST `body` as JSON) `url` from `host` with its own Python: (status, JSON body)."""
+    status, text = http_text(host, url, body, timeout=timeout)
     return status, json.loads(text) if text else None
 
 

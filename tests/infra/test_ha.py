@@ -27,7 +27,7 @@ import uuid
 
 import pytest
 from conftest import local_fact, read_json, service_address, ssh_argv
-from stackcheck import primary_endpoint, redis_cli_path, redis_endpoint
+from stackcheck import admin_cli, primary_endpoint, redis_cli_path, redis_endpoint
 from test_runbooks import playbook, recap_changed
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "chaos"))
@@ -40,13 +40,6 @@ SETTLE_BOUND = 180
 # Once the Sentinels named another primary, how long the old one stays down or cut off: long
 # enough for every client to have moved, as a real outage would last.
 HOLD_AFTER_FAILOVER = 10
-
-
-def _admin_cli(host, port, admin, *args):
-    """The Redis CLI as the admin user against a server (or Sentinel) on its own host."""
-    user, password = admin
-    command = [redis_cli_path(host), "-p", str(port), "--user", user, "--no-auth-warning", *args]
-    return host.run(f"REDISCLI_AUTH={shlex.quote(password)} timeout 5 {shlex.join(command)}")
 
 
 class Tier:
@@ -74,7 +67,7 @@ class Tier:
     def role(self, host):
         """ROLE of a server, asked on its own host: (role, primary address, link state)."""
         try:
-            result = _admin_cli(host, self.port, self.admin, "ROLE")
+            result = admin_cli(host, self.port, self.admin, "ROLE")
         except RuntimeError:
             # SSH itself failed (a host still booting): no role yet. Not re-raised: the
             # error would print the command, password included.
@@ -84,7 +77,7 @@ class Tier:
 
     def cli(self, host, *command):
         """A command as the admin user on a server, asked on its own host: its stripped output."""
-        result = _admin_cli(host, self.port, self.admin, *command)
+        result = admin_cli(host, self.port, self.admin, *command)
         assert result.rc == 0, f"{command[0]} failed on {host.inventory_name}"
         return result.stdout.strip()
 
@@ -372,7 +365,7 @@ def test_no_acl_denial_on_any_data_node_or_sentinel(tier, group):
     servers += [(host, local_fact(host, "stack_redis_sentinel")["port"]) for host in group("redis_sentinel")]
     denials = {}
     for host, port in servers:
-        result = _admin_cli(host, port, tier.admin, "--json", "ACL", "LOG")
+        result = admin_cli(host, port, tier.admin, "--json", "ACL", "LOG")
         assert result.rc == 0, f"ACL LOG failed on {host.inventory_name}:{port}"
         entries = json.loads(result.stdout or "[]")
         if entries:

@@ -8,7 +8,6 @@ finds no ACL denial: the grants (worker_events, monitor) suffice.
 """
 
 import base64
-import http.client
 import json
 import os
 import re
@@ -19,13 +18,12 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from kombu import Queue
 
 from conftest import BROKER_DB, MONITOR_USER, MONITORED_WORKER_USER, RESULT_DB
-from helpers import free_port, stop_process, wait_until
+from helpers import Web, free_port, stop_process, wait_until
 from stackdemo.apps import create_producer_app
 from stackdemo.config import load_config
 
@@ -75,7 +73,7 @@ def _monitor_env(config: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def flower(monitored, monitor_config, tmp_path_factory) -> Iterator[str]:
+def flower(monitored, monitor_config, tmp_path_factory) -> Iterator[Web]:
     port = free_port()
     log = tmp_path_factory.mktemp("flower") / "flower.log"
     cmd = [
@@ -89,36 +87,31 @@ def flower(monitored, monitor_config, tmp_path_factory) -> Iterator[str]:
     env = _monitor_env(monitor_config, FLOWER_BASIC_AUTH=":".join(FLOWER_AUTH))
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
+    web = Web(port=port)
     wait_until(
-        lambda: _get(f"{base}/healthcheck")[0] == 200, "Flower", proc=proc, log=log
+        lambda: _get(web, "/healthcheck")[0] == 200, "Flower", proc=proc, log=log
     )
-    yield base
+    yield web
     stop_process(proc)
     # Flower logs no password, not even the monitoring user's.
     text = log.read_text(errors="replace")
     assert MONITOR_USER[1] not in text and FLOWER_AUTH[1] not in text
 
 
-def _get(url: str, auth: tuple[str, str] | None = None, method: str = "GET"):
+def _get(
+    flower: Web, path: str, auth: tuple[str, str] | None = None, method: str = "GET"
+) -> tuple[int | None, str]:
     """(status, body) of one request; (None, "") while nothing listens."""
-    parts = urlsplit(url)
     headers = {}
     if auth:
         token = base64.b64encode(":".join(auth).encode()).decode()
         headers["Authorization"] = f"Basic {token}"
-    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
     try:
-        path = parts.path + (f"?{parts.query}" if parts.query else "")
-        connection.request(
-            method, path, body=b"" if method == "POST" else None, headers=headers
-        )
-        response = connection.getresponse()
-        return response.status, response.read().decode(errors="replace")
+        body = b"" if method == "POST" else None
+        response = flower.request(method, path, body=body, headers=headers, timeout=10)
     except OSError:
         return None, ""
-    finally:
-        connection.close()
+    return response.status, response.text
 
 
 def _send_adds(configs, count: int) -> list[str]:
@@ -146,16 +139,16 @@ def _metric(text: str, name: str, **labels: str) -> float | None:
 
 
 def test_flower_asks_for_its_password(flower):
-    assert _get(f"{flower}/")[0] == 401
-    assert _get(f"{flower}/api/workers", ("ops", "wrong"))[0] == 401
-    assert _get(f"{flower}/", FLOWER_AUTH)[0] == 200
+    assert _get(flower, "/")[0] == 401
+    assert _get(flower, "/api/workers", ("ops", "wrong"))[0] == 401
+    assert _get(flower, "/", FLOWER_AUTH)[0] == 200
 
 
 def test_flower_follows_the_workers_tasks_from_their_events(flower, configs):
     sent = _send_adds(configs, 3)
 
     def finished():
-        status, body = _get(f"{flower}/api/tasks", FLOWER_AUTH)
+        status, body = _get(flower, "/api/tasks", FLOWER_AUTH)
         tasks = json.loads(body) if status == 200 else {}
         states = {task_id: tasks.get(task_id, {}).get("state") for task_id in sent}
         return set(states.values()) == {"SUCCESS"} and tasks
@@ -167,11 +160,11 @@ def test_flower_follows_the_workers_tasks_from_their_events(flower, configs):
 
 def test_flower_lists_the_worker_online(flower):
     def online():
-        status, body = _get(f"{flower}/metrics")
+        status, body = _get(flower, "/metrics")
         return status == 200 and _metric(body, "flower_worker_online", worker=NODE)
 
     wait_until(online, "a heartbeat to mark the worker online", timeout=30)
-    status, body = _get(f"{flower}/api/workers?refresh=1", FLOWER_AUTH)
+    status, body = _get(flower, "/api/workers?refresh=1", FLOWER_AUTH)
     assert status == 200, body
     # Answered through the pidbox by the read-only remote control.
     assert json.loads(body)[NODE]["stats"]["pool"]["max-concurrency"] == 1
@@ -183,7 +176,7 @@ def test_metrics_carry_queue_depths_and_process_figures(flower, redis_server):
     for key in (IDLE_QUEUE, f"{IDLE_QUEUE}:3", f"{IDLE_QUEUE}:9"):
         broker.lpush(key, json.dumps({"placeholder": key}))
     try:
-        status, body = _get(f"{flower}/metrics")
+        status, body = _get(flower, "/metrics")
     finally:
         broker.delete(IDLE_QUEUE, f"{IDLE_QUEUE}:3", f"{IDLE_QUEUE}:9")
     assert status == 200
@@ -203,7 +196,7 @@ def test_flower_refuses_every_action(flower, monitored):
         "/api/task/async-apply/stackdemo.tasks.add",
         "/api/task/revoke/00000000-0000-0000-0000-000000000000",
     ):
-        status, body = _get(f"{flower}{path}", FLOWER_AUTH, method="POST")
+        status, body = _get(flower, path, FLOWER_AUTH, method="POST")
         assert status == 403, (path, status, body)
     assert proc.poll() is None
 

@@ -130,6 +130,8 @@ _TOP_KEYS = (
     "web",
     "sentinel",
 )
+# The Redis URLs of a file; the monitoring tools' has no result_backend.
+_URL_KEYS = ("broker_url", "result_backend")
 _SENTINEL_KEYS = ("master_name", "username", "password")
 _WEB_KEYS = (
     "allowed_tasks",
@@ -172,16 +174,12 @@ def _parse(data: Any) -> Config:
     _require_object(data, "the top level")
     _reject_unknown(data, _TOP_KEYS, "the top level")
     # The monitoring tools' file has no result backend: they read no results.
-    required = (
-        ("broker_url",) if "monitor" in data else ("broker_url", "result_backend")
-    )
+    required = _URL_KEYS[:1] if "monitor" in data else _URL_KEYS
     for key in required:
         if key not in data:
             raise ConfigError(f"missing required key {key!r}")
     kwargs: dict[str, Any] = {
-        key: _redis_url(data[key], key)
-        for key in ("broker_url", "result_backend")
-        if key in data
+        key: _redis_url(data[key], key) for key in _URL_KEYS if key in data
     }
     if "visibility_timeout" in data:
         kwargs["visibility_timeout"] = _integer(
@@ -214,11 +212,7 @@ def _parse(data: Any) -> Config:
         kwargs["monitor"] = _monitor(data["monitor"])
     if "web" in data:
         kwargs["web"] = _web(data["web"])
-    schemes = {
-        _scheme(kwargs[key])
-        for key in ("broker_url", "result_backend")
-        if key in kwargs
-    }
+    schemes = {_scheme(kwargs[key]) for key in _URL_KEYS if key in kwargs}
     if len(schemes) > 1:
         raise ConfigError(
             "broker_url and result_backend must use the same scheme "
